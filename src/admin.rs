@@ -1,0 +1,108 @@
+//! The admin listener, on its own address so it is never exposed with the
+//! public one: metrics for Prometheus, liveness and readiness for
+//! orchestrators.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::gate::Gateway;
+
+pub struct Admin {
+    pub gateway: Arc<Gateway>,
+    /// How recently the upstream must have answered for `/readyz`.
+    pub readiness_window: Duration,
+}
+
+impl Admin {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.respond(req)) }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => {
+                let body = self.gateway.metrics.render();
+                text(StatusCode::OK, "text/plain; version=0.0.4", body)
+            }
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.gateway.upstream().seen_within(self.readiness_window) {
+                    text(StatusCode::OK, "text/plain", "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "upstream not reachable recently\n",
+                    )
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}
+
+/// Keeps readiness current while traffic is quiet.
+pub async fn probe_upstream(
+    gateway: Arc<Gateway>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if !gateway.upstream().seen_within(every) {
+            gateway.upstream().probe().await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

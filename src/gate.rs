@@ -1,0 +1,280 @@
+//! The request pipeline, phase by phase, in the order a request meets them:
+//!
+//! 1. [`canonicalize`] — refuse targets two parsers could read differently;
+//! 2. route — find the rule for (method, raw path), default deny;
+//! 3. [`Gateway::authenticate`] — who is calling (token → identity, cached);
+//! 4. authorize — may this identity use this route, given the path's values;
+//! 5. [`Gateway::forward`] — stream the request up and the response back;
+//! 6. [`Gateway::record`] — metrics and one access-log line, never a token.
+//!
+//! Each phase is a small function; [`Gateway::handle`] only strings them
+//! together, so this file reads as the path of a request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::HOST;
+use http::{Method, Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::auth::extract::{self, Credential};
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::canonical::canonicalize;
+use crate::metrics::Metrics;
+use crate::proxy::body::{ConnActivity, GateBody, InFlight};
+use crate::proxy::error::{Decision, Refusal};
+use crate::proxy::headers::{self, ClientView};
+use crate::proxy::upstream::{Upstream, UpstreamError};
+use crate::scopes::{self, Access, RuleSet};
+
+/// What the gateway knows about the connection a request came on.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub proto: &'static str,
+    pub activity: Arc<ConnActivity>,
+}
+
+/// Request-handling settings from `[server]`.
+pub struct Settings {
+    pub max_path_bytes: usize,
+    pub allow_query_token: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+pub struct Gateway {
+    rules: ArcSwap<RuleSet>,
+    auth: Authenticator,
+    upstream: Upstream,
+    settings: Settings,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the pipeline decided, for the record phase.
+struct Outcome<'r> {
+    response: Response<GateBody>,
+    decision: Decision,
+    route: &'r str,
+    user: Option<Arc<Identity>>,
+    upstream_time: Option<Duration>,
+}
+
+impl<'r> Outcome<'r> {
+    fn refused(refusal: Refusal, route: &'r str, user: Option<Arc<Identity>>) -> Self {
+        Outcome {
+            decision: refusal.decision(),
+            response: refusal.into_response(),
+            route,
+            user,
+            upstream_time: None,
+        }
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        rules: RuleSet,
+        auth: Authenticator,
+        upstream: Upstream,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Gateway {
+            rules: ArcSwap::from_pointee(rules),
+            auth,
+            upstream,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Replaces the rule set; requests in flight finish under the old one.
+    pub fn swap_rules(&self, rules: RuleSet) {
+        self.rules.store(Arc::new(rules));
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<GateBody> {
+        let started = Instant::now();
+        let guard = InFlight::start(conn.activity.clone(), self.metrics.in_flight.clone());
+        let method = req.method().clone();
+        let path_for_log = req.uri().path().to_owned();
+        let rules = self.rules.load_full();
+        let outcome = self.process(req, conn, &rules).await;
+        self.record(&outcome, &method, &path_for_log, conn, started.elapsed());
+        let (parts, body) = outcome.response.into_parts();
+        Response::from_parts(parts, body.with_guard(guard))
+    }
+
+    async fn process<'r>(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        rules: &'r RuleSet,
+    ) -> Outcome<'r> {
+        // 1. canonicalize
+        let target = match canonicalize(req.uri(), req.version(), self.settings.max_path_bytes) {
+            Ok(target) => target,
+            Err(e) => return Outcome::refused(Refusal::BadTarget(e), "-", None),
+        };
+        // 2. route
+        let route = rules.route(req.method(), target.path);
+        let label = route.label();
+        let needs_token = match route.access() {
+            Access::Unmatched => return Outcome::refused(Refusal::NoRoute, label, None),
+            // CORS preflights carry no credentials (Fetch standard, §4.8).
+            _ if req.method() == Method::OPTIONS => false,
+            Access::Public | Access::Federation => false,
+            Access::Optional => {
+                match extract::credential(
+                    req.headers(),
+                    target.query,
+                    self.settings.allow_query_token,
+                ) {
+                    Ok(Credential::Absent) => false,
+                    _ => true,
+                }
+            }
+            Access::Protected => true,
+        };
+        let mut user = None;
+        if needs_token {
+            // 3. authenticate
+            let identity = match self.authenticate(&req, target.query).await {
+                Ok(identity) => identity,
+                Err(refusal) => return Outcome::refused(refusal, label, None),
+            };
+            // 4. authorize
+            if let scopes::Decision::Deny(denial) = rules.authorize(&route, &identity.scopes) {
+                let refusal = Refusal::InsufficientScope {
+                    required: denial.required_scopes(),
+                };
+                return Outcome::refused(refusal, label, Some(identity));
+            }
+            user = Some(identity);
+        }
+        // 5. forward
+        let sent = Instant::now();
+        match self.forward(req, conn).await {
+            Ok(response) => Outcome {
+                response,
+                decision: Decision::Allowed,
+                route: label,
+                user,
+                upstream_time: Some(sent.elapsed()),
+            },
+            Err(UpstreamError::Unreachable) => {
+                Outcome::refused(Refusal::UpstreamUnreachable, label, user)
+            }
+            Err(UpstreamError::Timeout) => Outcome::refused(Refusal::UpstreamTimeout, label, user),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        query: Option<&str>,
+    ) -> Result<Arc<Identity>, Refusal> {
+        let token = match extract::credential(req.headers(), query, self.settings.allow_query_token)
+        {
+            Ok(Credential::Token(token)) => token,
+            Ok(Credential::Absent) => {
+                return Err(Refusal::MissingToken("Missing access token."));
+            }
+            Err(e) => return Err(Refusal::MissingToken(e.message())),
+        };
+        self.auth.authenticate(&token).await.map_err(|e| match e {
+            AuthError::Invalid { soft_logout } => Refusal::UnknownToken { soft_logout },
+            AuthError::Unavailable => Refusal::ProviderUnavailable,
+        })
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Response<GateBody>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+        let headers = &mut parts.headers;
+        headers::strip_hop_by_hop(headers);
+        headers::ensure_host(headers, authority.as_deref());
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        let view = ClientView {
+            peer: conn.peer.ip(),
+            trusted: self.is_trusted(conn.peer.ip()),
+            proto: conn.proto,
+            host: host.as_deref(),
+        };
+        headers::set_forwarded(headers, &view);
+        if let Some(host) = self.upstream.host_override() {
+            headers.insert(HOST, host.clone());
+        }
+        parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
+        // The upstream connection is HTTP/1.1 whatever the client spoke.
+        parts.version = http::Version::HTTP_11;
+        let request = Request::from_parts(parts, Either::Left(body));
+
+        let response = self.upstream.send(request).await?;
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, GateBody::upstream(body)))
+    }
+
+    fn is_trusted(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer))
+    }
+
+    fn record(
+        &self,
+        outcome: &Outcome<'_>,
+        method: &Method,
+        path: &str,
+        conn: &ConnInfo,
+        elapsed: Duration,
+    ) {
+        let decision = outcome.decision.as_str();
+        self.metrics
+            .requests
+            .with_label_values(&[decision, outcome.route])
+            .inc();
+        let own = elapsed.saturating_sub(outcome.upstream_time.unwrap_or_default());
+        self.metrics
+            .gateway_latency
+            .with_label_values(&[decision])
+            .observe(own.as_secs_f64());
+        if let Some(upstream) = outcome.upstream_time {
+            self.metrics
+                .upstream_latency
+                .with_label_values(&[outcome.route])
+                .observe(upstream.as_secs_f64());
+        }
+        // The path never holds a token; the query may (`access_token`), so
+        // it is not logged.
+        tracing::info!(
+            target: "scopegate::access",
+            peer = %conn.peer.ip(),
+            method = %method,
+            path,
+            route = outcome.route,
+            status = outcome.response.status().as_u16(),
+            decision,
+            user = outcome.user.as_ref().map(|u| u.user_id.as_str()).unwrap_or("-"),
+            upstream_ms = outcome.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! scopegate: a reverse proxy in front of a Matrix homeserver that validates
+//! OAuth 2.0 / OIDC access tokens and lets through only what each token's
+//! scopes allow. `gate` holds the request pipeline; the other modules are
+//! its phases and plumbing.
+
+pub mod admin;
+pub mod auth;
+pub mod canonical;
+pub mod config;
+pub mod demo;
+pub mod gate;
+pub mod metrics;
+pub mod proxy;
+pub mod run;
+pub mod scopes;

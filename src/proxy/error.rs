@@ -1,0 +1,157 @@
+//! Refusals as Matrix clients expect them: a JSON body with `errcode` and
+//! `error`, and CORS headers so that a web client can read it (and so refresh
+//! its token instead of failing blind).
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, Response, StatusCode};
+use serde_json::json;
+
+use super::body::GateBody;
+use crate::canonical::TargetError;
+
+/// Every way the gateway answers a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    BadTarget(TargetError),
+    MissingToken(&'static str),
+    UnknownToken { soft_logout: bool },
+    InsufficientScope { required: String },
+    NoRoute,
+    ProviderUnavailable,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    RateLimited { retry_after_s: u64 },
+}
+
+/// The `decision` label of the requests metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Denied,
+    Unauthenticated,
+    InvalidToken,
+    BadRequest,
+    ProviderError,
+    UpstreamError,
+    RateLimited,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::InvalidToken => "invalid_token",
+            Decision::BadRequest => "bad_request",
+            Decision::ProviderError => "provider_error",
+            Decision::UpstreamError => "upstream_error",
+            Decision::RateLimited => "rate_limited",
+        }
+    }
+}
+
+impl Refusal {
+    pub fn decision(&self) -> Decision {
+        match self {
+            Refusal::BadTarget(_) => Decision::BadRequest,
+            Refusal::MissingToken(_) => Decision::Unauthenticated,
+            Refusal::UnknownToken { .. } => Decision::InvalidToken,
+            Refusal::InsufficientScope { .. } | Refusal::NoRoute => Decision::Denied,
+            Refusal::ProviderUnavailable => Decision::ProviderError,
+            Refusal::UpstreamUnreachable | Refusal::UpstreamTimeout => Decision::UpstreamError,
+            Refusal::RateLimited { .. } => Decision::RateLimited,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Refusal::MissingToken(_) | Refusal::UnknownToken { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Refusal::NoRoute => StatusCode::NOT_FOUND,
+            Refusal::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        match self {
+            Refusal::BadTarget(e) => {
+                json!({"errcode": "M_UNRECOGNIZED", "error": format!("Bad request target: {e}")})
+            }
+            Refusal::MissingToken(msg) => json!({"errcode": "M_MISSING_TOKEN", "error": msg}),
+            Refusal::UnknownToken { soft_logout } => json!({
+                "errcode": "M_UNKNOWN_TOKEN",
+                "error": "Invalid access token passed.",
+                "soft_logout": soft_logout,
+            }),
+            Refusal::InsufficientScope { .. } => {
+                json!({"errcode": "M_FORBIDDEN", "error": "Insufficient scope"})
+            }
+            Refusal::NoRoute => {
+                json!({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
+            }
+            Refusal::ProviderUnavailable => {
+                json!({"errcode": "M_UNKNOWN", "error": "Unable to validate the access token"})
+            }
+            Refusal::UpstreamUnreachable => {
+                json!({"errcode": "M_UNKNOWN", "error": "The homeserver could not be reached"})
+            }
+            Refusal::UpstreamTimeout => {
+                json!({"errcode": "M_UNKNOWN", "error": "The homeserver did not answer in time"})
+            }
+            Refusal::RateLimited { retry_after_s } => json!({
+                "errcode": "M_LIMIT_EXCEEDED",
+                "error": "Too many requests with invalid tokens",
+                "retry_after_ms": retry_after_s * 1000,
+            }),
+        }
+    }
+
+    pub fn into_response(self) -> Response<GateBody> {
+        let body = serde_json::to_vec(&self.body()).expect("JSON values serialize");
+        let mut response = Response::new(GateBody::full(Bytes::from(body)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        cors(headers);
+        match &self {
+            // RFC 6750 §3.1.
+            Refusal::InsufficientScope { required } => {
+                let challenge =
+                    format!("Bearer error=\"insufficient_scope\", scope=\"{required}\"");
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            Refusal::RateLimited { retry_after_s } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The CORS headers Synapse sends, plus `WWW-Authenticate` exposed so a web
+/// client can see which scope it lacks.
+pub fn cors(headers: &mut HeaderMap) {
+    use http::header::*;
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization, Date"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Synapse-Trace-Id, Server, WWW-Authenticate"),
+    );
+}

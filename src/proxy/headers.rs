@@ -1,0 +1,176 @@
+//! Header hygiene between client and upstream: what belongs to one hop stays
+//! on it, and forwarding headers say what the gateway saw, not what a client
+//! claims.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::HeaderMap;
+
+/// RFC 9110 §7.6.1, plus the proxy-only fields of RFC 9110 §11.7.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHORIZATION,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Removes hop-by-hop fields, including those the `Connection` field names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// How the client reached the gateway.
+pub struct ClientView<'a> {
+    pub peer: IpAddr,
+    /// The peer is a proxy the operator trusts to report the client.
+    pub trusted: bool,
+    pub proto: &'static str,
+    /// The authority the client asked for (`Host`, or `:authority` in HTTP/2).
+    pub host: Option<&'a str>,
+}
+
+/// Sets `X-Forwarded-{For,Proto,Host}`. Values a client sent are kept only
+/// from a trusted proxy (Oathkeeper GHSA-vhr5-ggp3-qq85 trusted them anyway).
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>) {
+    let peer = HeaderValue::from_str(&client.peer.to_string()).expect("an IP is a valid value");
+    if client.trusted {
+        let chain = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let value = if chain.is_empty() {
+            peer
+        } else {
+            HeaderValue::from_str(&format!("{chain}, {}", client.peer)).unwrap_or(peer)
+        };
+        headers.insert(&X_FORWARDED_FOR, value);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            set_host(headers, &X_FORWARDED_HOST, client.host);
+        }
+    } else {
+        headers.insert(&X_FORWARDED_FOR, peer);
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+        headers.remove(&X_FORWARDED_HOST);
+        set_host(headers, &X_FORWARDED_HOST, client.host);
+        headers.remove(http::header::FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
+}
+
+fn set_host(headers: &mut HeaderMap, name: &HeaderName, host: Option<&str>) {
+    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(name, v);
+    }
+}
+
+/// HTTP/2 requests carry the authority in the URI, not in `Host`; the
+/// HTTP/1.1 upstream needs the header.
+pub fn ensure_host(headers: &mut HeaderMap, authority: Option<&str>) {
+    if !headers.contains_key(HOST) {
+        set_host(headers, &HOST, authority);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("authorization", "Bearer t"),
+            ("content-type", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "content-type"]);
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+        ]);
+        let view = ClientView {
+            peer: "10.1.1.1".parse().unwrap(),
+            trusted: false,
+            proto: "http",
+            host: Some("matrix.example.org"),
+        };
+        set_forwarded(&mut h, &view);
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "matrix.example.org");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_extended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let view = ClientView {
+            peer: "10.1.1.1".parse().unwrap(),
+            trusted: true,
+            proto: "http",
+            host: Some("matrix.example.org"),
+        };
+        set_forwarded(&mut h, &view);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "matrix.example.org");
+    }
+}

@@ -1,0 +1,262 @@
+//! The public listener: TCP accept with a connection cap, optional TLS with
+//! ALPN, HTTP/1.1 and HTTP/2 on one port, and the per-connection limits that
+//! keep one slow or idle client from holding resources.
+//!
+//! hyper times out slow headers only once it has picked a protocol, and has
+//! no idle timeout; each connection therefore runs under a small watchdog
+//! that closes it when no request has been in flight for too long.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use super::body::ConnActivity;
+use crate::config::ServerConfig;
+use crate::gate::{ConnInfo, Gateway};
+
+/// Connection limits, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &ServerConfig) -> Self {
+        Limits {
+            header_read_timeout: cfg.header_read_timeout(),
+            idle_timeout: cfg.idle_timeout(),
+            max_header_bytes: cfg.max_header_bytes,
+            max_headers: cfg.max_headers,
+            max_connections: cfg.max_connections,
+        }
+    }
+}
+
+/// A TLS acceptor offering h2 and http/1.1 by ALPN.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("server.tls_cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "server.tls_cert {}: no certificate found",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("server.tls_key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server.tls_cert/tls_key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts until `shutdown` turns true, then lets open connections finish
+/// their requests for at most `drain`. Returns whether every connection
+/// closed in time.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> bool {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Each connection task holds a sender; when all are gone, recv() ends.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        let open = open_tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = open;
+            gateway.metrics.connections.inc();
+            match tls {
+                None => {
+                    run_connection(
+                        stream,
+                        peer,
+                        "http",
+                        &builder,
+                        &limits,
+                        gateway.clone(),
+                        shutdown,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            run_connection(
+                                stream,
+                                peer,
+                                "https",
+                                &builder,
+                                &limits,
+                                gateway.clone(),
+                                shutdown,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            gateway.metrics.connections.dec();
+        });
+    }
+    // Closing the listening socket makes the kernel refuse new connections.
+    drop(listener);
+    drop(open_tx);
+    tracing::info!("stopped accepting; draining open connections");
+    tokio::time::timeout(drain, open_rx.recv()).await.is_ok()
+}
+
+async fn run_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    proto: &'static str,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &Limits,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(ConnActivity::new());
+    let info = Arc::new(ConnInfo {
+        peer,
+        proto,
+        activity: activity.clone(),
+    });
+    let service = service_fn(move |req| {
+        let gateway = gateway.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(req, &info).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    // Set when we asked the connection to close; past it, we drop it.
+    let mut hard_stop: Option<Instant> = None;
+    if *shutdown.borrow() {
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    loop {
+        let wake = match hard_stop {
+            Some(at) => at,
+            None => idle_deadline(&activity, limits),
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if hard_stop.is_some() {
+                    tracing::debug!(%peer, "connection did not close in time; dropping it");
+                    return;
+                }
+                if !activity.is_active() && idle_deadline(&activity, limits) <= Instant::now() {
+                    tracing::debug!(%peer, "closing idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    hard_stop = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            changed = shutdown.changed(), if !closing => {
+                closing = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// When an idle connection should be closed. Before its first request a
+/// connection gets the header timeout, since hyper's own timer starts only
+/// after protocol detection.
+fn idle_deadline(activity: &ConnActivity, limits: &Limits) -> Instant {
+    if activity.is_active() {
+        return Instant::now() + limits.idle_timeout;
+    }
+    let limit = if activity.has_served() {
+        limits.idle_timeout
+    } else {
+        limits.header_read_timeout
+    };
+    Instant::from_std(activity.idle_since()) + limit
+}
+
+/// Binds, with a message that names the address on failure.
+pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
+}

@@ -1,0 +1,140 @@
+//! Assembling a gateway from its config and running it until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, Admin};
+use crate::auth::{Authenticator, StaticTable};
+use crate::config::Config;
+use crate::gate::{Gateway, Settings};
+use crate::metrics::Metrics;
+use crate::proxy::listener::{self, Limits};
+use crate::proxy::upstream::Upstream;
+use crate::scopes::RuleSet;
+
+/// Everything `run` needs, built and checked before any socket is opened, so
+/// `scopegate check` and start-up report the same errors.
+pub struct Prepared {
+    pub config: Config,
+    pub gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+}
+
+pub fn prepare(config: Config) -> Result<Prepared, String> {
+    let rules = load_rules(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let auth = Authenticator::new(StaticTable::new(&config.auth.static_tokens));
+    let ca_file = config.upstream.ca_file.as_ref().map(|p| config.resolve(p));
+    let upstream = Upstream::new(&config.upstream, ca_file.as_deref())?;
+    let settings = Settings {
+        max_path_bytes: config.server.max_path_bytes,
+        allow_query_token: config.server.allow_query_token,
+        trusted_proxies: config.server.trusted_proxies.iter().map(|p| p.0).collect(),
+    };
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(listener::tls_acceptor(
+            &config.resolve(cert),
+            &config.resolve(key),
+        )?),
+        _ => None,
+    };
+    let gateway = Arc::new(Gateway::new(rules, auth, upstream, settings, metrics));
+    Ok(Prepared {
+        config,
+        gateway,
+        tls,
+    })
+}
+
+pub fn load_rules(_config: &Config) -> Result<RuleSet, String> {
+    Ok(RuleSet::builtin())
+}
+
+/// Addresses actually bound (a configured port 0 is resolved here).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Serves until `shutdown` resolves, then drains. `on_bound` learns the
+/// addresses once both listeners are open.
+pub async fn serve(
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), String> {
+    let Prepared {
+        config,
+        gateway,
+        tls,
+    } = prepared;
+    let public = listener::bind(config.server.listen, "server.listen")
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin_listener = listener::bind(config.admin.listen, "admin.listen")
+        .await
+        .map_err(|e| e.to_string())?;
+    let bound = Bound {
+        public: public.local_addr().map_err(|e| e.to_string())?,
+        admin: admin_listener.local_addr().map_err(|e| e.to_string())?,
+    };
+    tracing::info!(
+        public = %bound.public,
+        admin = %bound.admin,
+        upstream = %config.upstream.url.0,
+        tls = tls.is_some(),
+        "scopegate listening"
+    );
+    on_bound(bound);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let probe_every = Duration::from_secs(config.upstream.probe_interval_s.max(1));
+    let admin = Arc::new(Admin {
+        gateway: gateway.clone(),
+        readiness_window: probe_every * 3,
+    });
+    tokio::spawn(admin.serve(admin_listener, stop_rx.clone()));
+    tokio::spawn(admin::probe_upstream(
+        gateway.clone(),
+        probe_every,
+        stop_rx.clone(),
+    ));
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+
+    let drained = listener::serve(
+        public,
+        tls,
+        Limits::from_config(&config.server),
+        gateway,
+        stop_rx,
+        config.server.drain_timeout(),
+    )
+    .await;
+    if drained {
+        tracing::info!("all connections closed; exiting");
+    } else {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

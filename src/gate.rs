@@ -131,16 +131,11 @@ impl Gateway {
             // CORS preflights carry no credentials (Fetch standard, §4.8).
             _ if req.method() == Method::OPTIONS => false,
             Access::Public | Access::Federation => false,
-            Access::Optional => {
-                match extract::credential(
-                    req.headers(),
-                    target.query,
-                    self.settings.allow_query_token,
-                ) {
-                    Ok(Credential::Absent) => false,
-                    _ => true,
-                }
-            }
+            // A token that is present must be valid, even where none is needed.
+            Access::Optional => !matches!(
+                extract::credential(req.headers(), target.query, self.settings.allow_query_token),
+                Ok(Credential::Absent)
+            ),
             Access::Protected => true,
         };
         let mut user = None;

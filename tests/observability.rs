@@ -1,0 +1,104 @@
+//! Metrics move with traffic, and no token ever reaches the logs.
+
+mod common;
+
+use common::*;
+
+fn counter(metrics: &str, decision: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("scopegate_requests_total{")
+                && l.contains(&format!("decision=\"{decision}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_and_logs_hold_no_token() {
+    let upstream = ok_stub().await;
+    let gate = Gate::start(upstream).await;
+    let unknown = "mat_ThisIsAnUnknownTokenThatMustNotLeak_abcdef";
+
+    let before = gate.metrics().await;
+    assert_eq!(counter(&before, "allowed"), 0);
+
+    get(
+        gate.addr,
+        "/_matrix/client/v3/account/whoami",
+        Some(FULL_TOKEN),
+    )
+    .await;
+    get(
+        gate.addr,
+        &format!("/_matrix/client/v3/sync?access_token={FULL_TOKEN}"),
+        None,
+    )
+    .await;
+    get(
+        gate.addr,
+        "/_matrix/client/v3/account/whoami",
+        Some(unknown),
+    )
+    .await;
+    get(
+        gate.addr,
+        &format!("/_matrix/client/v3/sync?since=1&access_token={unknown}"),
+        None,
+    )
+    .await;
+    get(gate.addr, "/_matrix/client/v3/account/whoami", None).await;
+    get(
+        gate.addr,
+        "/_matrix/client/v3/account/whoami",
+        Some(DEVICE_ONLY_TOKEN),
+    )
+    .await;
+    get(gate.addr, "/_matrix/%2e%2e/x", Some(FULL_TOKEN)).await;
+
+    let after = gate.metrics().await;
+    assert_eq!(counter(&after, "allowed"), 2, "{after}");
+    assert_eq!(counter(&after, "invalid_token"), 2);
+    assert_eq!(counter(&after, "unauthenticated"), 1);
+    assert_eq!(counter(&after, "denied"), 1);
+    assert_eq!(counter(&after, "bad_request"), 1);
+    assert!(after.contains("scopegate_upstream_latency_seconds_bucket"));
+    assert!(after.contains("scopegate_gateway_latency_seconds_bucket"));
+    assert!(after.contains("scopegate_connections_open"));
+    assert!(after.contains("scopegate_requests_in_flight 0"));
+
+    let logs = gate.logs();
+    assert!(
+        logs.matches("scopegate::access").count() >= 7,
+        "one access line per request:\n{logs}"
+    );
+    for secret in [FULL_TOKEN, unknown, DEVICE_ONLY_TOKEN] {
+        assert!(
+            !logs.contains(secret),
+            "a token leaked into the logs:\n{logs}"
+        );
+    }
+    assert!(
+        !logs.contains("access_token="),
+        "query strings are not logged"
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let upstream = ok_stub().await;
+    let gate = Gate::start(upstream).await;
+    let (health, _) = get(gate.admin, "/healthz", None).await;
+    assert_eq!(health.status, 200);
+    // The probe runs at start; readiness follows within a probe interval.
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = get(gate.admin, "/readyz", None).await.0.status.as_u16();
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200);
+}

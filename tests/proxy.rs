@@ -1,0 +1,266 @@
+//! The gateway as a proxy: what reaches the upstream, what comes back, and
+//! what is refused before anything is forwarded.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+
+type Seen = Arc<Mutex<Vec<(http::request::Parts, bytes::Bytes)>>>;
+
+/// A stub that records every request and answers with a recognisable response.
+async fn recording_stub() -> (std::net::SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let addr = stub(move |req| {
+        let log = log.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            // The gateway's readiness probe is not a client request.
+            if parts.uri.path() != "/_matrix/client/versions" {
+                log.lock().unwrap().push((parts, body));
+            }
+            http::Response::builder()
+                .status(201)
+                .header("content-type", "application/json")
+                .header("x-upstream", "yes")
+                .header("connection", "x-hop")
+                .header("x-hop", "drop-me")
+                .header("keep-alive", "timeout=5")
+                .body(full(r#"{"event_id":"$abc"}"#))
+                .unwrap()
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn allowed_request_reaches_upstream_intact() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    let path =
+        "/_matrix/client/v3/rooms/%21room%3Aexample.org/send/m.room.message/t%2F1?ts=1&x=%20y";
+    let req = Request::put(path)
+        .header("host", "matrix.example.org")
+        .header("authorization", format!("Bearer {FULL_TOKEN}"))
+        .header("content-type", "application/json")
+        .header("x-custom", "kept")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .body(full(r#"{"body":"hello"}"#))
+        .unwrap();
+    let (parts, body) = send(gate.addr, req).await;
+
+    assert_eq!(parts.status, 201);
+    assert_eq!(parts.headers["x-upstream"], "yes");
+    assert_eq!(parts.headers["content-type"], "application/json");
+    assert!(
+        !parts.headers.contains_key("x-hop"),
+        "response hop-by-hop field named in Connection"
+    );
+    assert!(!parts.headers.contains_key("keep-alive"));
+    assert_eq!(&body[..], br#"{"event_id":"$abc"}"#);
+
+    let seen = seen.lock().unwrap();
+    let (req, body) = &seen[0];
+    assert_eq!(req.method, "PUT");
+    assert_eq!(
+        req.uri.to_string(),
+        path,
+        "raw path and query forwarded byte for byte"
+    );
+    assert_eq!(&body[..], br#"{"body":"hello"}"#);
+    assert_eq!(req.headers["host"], "matrix.example.org");
+    assert_eq!(req.headers["x-custom"], "kept");
+    assert_eq!(req.headers["authorization"], format!("Bearer {FULL_TOKEN}"));
+    assert!(!req.headers.contains_key("x-secret"));
+    assert!(!req.headers.contains_key("te"));
+    assert_eq!(
+        req.headers["x-forwarded-for"], "127.0.0.1",
+        "client-sent value replaced"
+    );
+    assert_eq!(req.headers["x-forwarded-proto"], "http");
+    assert_eq!(req.headers["x-forwarded-host"], "matrix.example.org");
+}
+
+#[tokio::test]
+async fn trusted_proxy_forwarding_headers_are_kept() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = GateBuilder::new()
+        .server(r#"trusted_proxies = ["127.0.0.0/8"]"#)
+        .start(upstream)
+        .await;
+    let req = Request::get("/_matrix/client/v3/account/whoami")
+        .header("host", "gw.internal")
+        .header("authorization", format!("Bearer {FULL_TOKEN}"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "matrix.example.org")
+        .body(full(""))
+        .unwrap();
+    send(gate.addr, req).await;
+    let seen = seen.lock().unwrap();
+    let headers = &seen[0].0.headers;
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(headers["x-forwarded-host"], "matrix.example.org");
+}
+
+#[tokio::test]
+async fn configured_host_replaces_the_clients() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = GateBuilder::new()
+        .upstream(r#"host = "synapse.internal""#)
+        .start(upstream)
+        .await;
+    get(
+        gate.addr,
+        "/_matrix/client/v3/account/whoami",
+        Some(FULL_TOKEN),
+    )
+    .await;
+    assert_eq!(
+        seen.lock().unwrap()[0].0.headers["host"],
+        "synapse.internal"
+    );
+}
+
+fn assert_matrix_error(parts: &http::response::Parts, body: &[u8], status: u16, errcode: &str) {
+    assert_eq!(parts.status, status, "{}", String::from_utf8_lossy(body));
+    assert_eq!(parts.headers["content-type"], "application/json");
+    assert_eq!(parts.headers["access-control-allow-origin"], "*");
+    assert!(parts.headers.contains_key("access-control-allow-headers"));
+    let value = json(body);
+    assert_eq!(value["errcode"], errcode);
+    assert!(value["error"].is_string());
+}
+
+#[tokio::test]
+async fn token_refusals_are_matrix_errors_with_cors() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    let path = "/_matrix/client/v3/account/whoami";
+
+    let (parts, body) = get(gate.addr, path, None).await;
+    assert_matrix_error(&parts, &body, 401, "M_MISSING_TOKEN");
+
+    let (parts, body) = get(gate.addr, path, Some("not-a-known-token")).await;
+    assert_matrix_error(&parts, &body, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(json(&body)["soft_logout"], false);
+
+    let both = Request::get(format!("{path}?access_token={FULL_TOKEN}"))
+        .header("authorization", format!("Bearer {FULL_TOKEN}"))
+        .body(full(""))
+        .unwrap();
+    let (parts, body) = send(gate.addr, both).await;
+    assert_matrix_error(&parts, &body, 401, "M_MISSING_TOKEN");
+
+    let (parts, body) = get(gate.addr, path, Some(DEVICE_ONLY_TOKEN)).await;
+    assert_matrix_error(&parts, &body, 403, "M_FORBIDDEN");
+    let challenge = parts.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("Bearer error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no refused request was forwarded"
+    );
+
+    // The deprecated query parameter alone still works, as in Synapse.
+    let (parts, _) = get(
+        gate.addr,
+        &format!("{path}?access_token={FULL_TOKEN}"),
+        None,
+    )
+    .await;
+    assert_eq!(parts.status, 201);
+}
+
+#[tokio::test]
+async fn cors_preflight_passes_without_token() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    let req = Request::options("/_matrix/client/v3/account/whoami")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .body(full(""))
+        .unwrap();
+    let (parts, _) = send(gate.addr, req).await;
+    assert_eq!(parts.status, 201, "answered by the upstream");
+    assert_eq!(seen.lock().unwrap()[0].0.method, "OPTIONS");
+}
+
+#[tokio::test]
+async fn ambiguous_targets_are_refused_before_forwarding() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    let targets: &[&[u8]] = &[
+        b"/_matrix/client/v3/../../admin",
+        b"/_matrix/client/v3/%2e%2e/%2E%2E/_synapse/admin/v1/users",
+        b"/_matrix//client/v3/account/whoami",
+        b"/_matrix/client/v3/rooms/a%00b/state",
+        b"/_matrix/client/v3/rooms/a\\b/state",
+        b"/_matrix/client/v3/rooms/a%5Cb/state",
+        b"/_matrix/client/v3/rooms/%C3%28/state",
+        b"/_matrix/client/v3/rooms/%zz/state",
+        b"http://matrix.example.org/_matrix/client/v3/account/whoami",
+    ];
+    for target in targets {
+        let mut request = b"GET ".to_vec();
+        request.extend_from_slice(target);
+        request.extend_from_slice(
+            format!(" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {FULL_TOKEN}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let response = raw(gate.addr, &request, Duration::from_secs(5));
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{}: {response}",
+            String::from_utf8_lossy(target)
+        );
+        if !target.contains(&b'\\') {
+            // Refused by the gateway itself, as a Matrix error.
+            assert!(response.contains("\"errcode\""), "{response}");
+        }
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_on_cleartext() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://matrix.example.org/_matrix/client/v3/account/whoami")
+        .header("authorization", format!("Bearer {FULL_TOKEN}"))
+        .body(full(""))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 201);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen[0].0.headers["host"], "matrix.example.org",
+        "authority becomes Host upstream"
+    );
+    assert_eq!(seen[0].0.uri, "/_matrix/client/v3/account/whoami");
+}

@@ -103,11 +103,12 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<GateBody> {
         let started = Instant::now();
         let guard = InFlight::start(conn.activity.clone(), self.metrics.in_flight.clone());
+        // Cheap clones: standard methods are inline, a URI shares its bytes.
         let method = req.method().clone();
-        let path_for_log = req.uri().path().to_owned();
+        let uri = req.uri().clone();
         let rules = self.rules.load_full();
         let outcome = self.process(req, conn, &rules).await;
-        self.record(&outcome, &method, &path_for_log, conn, started.elapsed());
+        self.record(&outcome, &method, uri.path(), conn, started.elapsed());
         let (parts, body) = outcome.response.into_parts();
         Response::from_parts(parts, body.with_guard(guard))
     }

@@ -11,5 +11,6 @@ pub mod demo;
 pub mod gate;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod run;
 pub mod scopes;

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::gate::{Gateway, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, Limits};
 use crate::proxy::upstream::Upstream;
+use crate::reload;
 use crate::scopes::RuleSet;
 
 /// Everything `run` needs, built and checked before any socket is opened, so
@@ -26,7 +28,8 @@ pub struct Prepared {
 }
 
 pub fn prepare(config: Config) -> Result<Prepared, String> {
-    let rules = load_rules(&config)?;
+    let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
+    let rules = load_rules(rules_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let auth = Authenticator::new(StaticTable::new(&config.auth.static_tokens));
     let ca_file = config.upstream.ca_file.as_ref().map(|p| config.resolve(p));
@@ -51,7 +54,8 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
     })
 }
 
-pub fn load_rules(_config: &Config) -> Result<RuleSet, String> {
+/// The configured rule file, or the shipped rules.
+pub fn load_rules(_file: Option<&Path>) -> Result<RuleSet, String> {
     Ok(RuleSet::builtin())
 }
 
@@ -103,6 +107,13 @@ pub async fn serve(
     tokio::spawn(admin::probe_upstream(
         gateway.clone(),
         probe_every,
+        stop_rx.clone(),
+    ));
+    let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
+    tokio::spawn(reload::watch_rules(
+        gateway.clone(),
+        rules_file.clone(),
+        move || load_rules(rules_file.as_deref()),
         stop_rx.clone(),
     ));
     tokio::spawn(async move {

@@ -102,3 +102,31 @@ async fn health_and_readiness() {
     }
     assert_eq!(ready, 200);
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let upstream = ok_stub().await;
+    let gate = GateBuilder::new()
+        .log(r#"format = "json""#)
+        .start(upstream)
+        .await;
+    get(
+        gate.addr,
+        "/_matrix/client/v3/account/whoami",
+        Some(FULL_TOKEN),
+    )
+    .await;
+    let logs = gate.logs();
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v: &serde_json::Value| v["target"] == "scopegate::access")
+        .collect();
+    let line = access
+        .iter()
+        .find(|v| v["path"] == "/_matrix/client/v3/account/whoami")
+        .expect("an access line for the request");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["decision"], "allowed");
+    assert_eq!(line["user"], "@alice:example.org");
+}

@@ -194,3 +194,30 @@ async fn drain_timeout_bounds_shutdown() {
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let upstream = stub(|req| async move {
+        if req.uri().path() == "/_matrix/client/v3/sync" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        json_response(200, "{}")
+    })
+    .await;
+    let gate = GateBuilder::new()
+        .server("max_connections = 1")
+        .start(upstream)
+        .await;
+    let addr = gate.addr;
+    let started = Instant::now();
+    let slow =
+        tokio::spawn(async move { get(addr, "/_matrix/client/v3/sync", Some(FULL_TOKEN)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (parts, _) = get(addr, "/_matrix/client/v3/account/whoami", Some(FULL_TOKEN)).await;
+    assert_eq!(parts.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "the second connection was served only once the first closed"
+    );
+    assert_eq!(slow.await.unwrap().0.status, 200);
+}

@@ -106,16 +106,16 @@ pub fn sha256_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The config every test starts from; `server_extra` and `upstream_extra`
-/// are appended to those sections, `rest` to the end.
+/// The config every test starts from; the builder's extras are appended to
+/// their sections, `rest` to the end.
 pub fn config(
     listen: SocketAddr,
     admin: SocketAddr,
     upstream: SocketAddr,
-    server_extra: &str,
-    upstream_extra: &str,
-    rest: &str,
+    b: &GateBuilder,
 ) -> String {
+    let (server_extra, upstream_extra, log_extra, rest) =
+        (&b.server_extra, &b.upstream_extra, &b.log_extra, &b.rest);
     format!(
         r#"[server]
 listen = "{listen}"
@@ -132,6 +132,7 @@ listen = "{admin}"
 
 [log]
 level = "debug"
+{log_extra}
 
 [auth]
 server_name = "example.org"
@@ -161,21 +162,28 @@ pub struct Gate {
     pub dir: tempfile::TempDir,
 }
 
+#[derive(Default)]
 pub struct GateBuilder {
     pub server_extra: String,
     pub upstream_extra: String,
+    pub log_extra: String,
     pub rest: String,
     pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl GateBuilder {
     pub fn new() -> Self {
-        GateBuilder {
-            server_extra: String::new(),
-            upstream_extra: String::new(),
-            rest: String::new(),
-            files: Vec::new(),
-        }
+        Self::default()
+    }
+    pub fn log(mut self, s: &str) -> Self {
+        self.log_extra.push_str(s);
+        self.log_extra.push('\n');
+        self
+    }
+    pub fn rest(mut self, s: &str) -> Self {
+        self.rest.push_str(s);
+        self.rest.push('\n');
+        self
     }
     pub fn server(mut self, s: &str) -> Self {
         self.server_extra.push_str(s);
@@ -198,14 +206,7 @@ impl GateBuilder {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
         let (addr, admin) = (free_port(), free_port());
-        let cfg = config(
-            addr,
-            admin,
-            upstream,
-            &self.server_extra,
-            &self.upstream_extra,
-            &self.rest,
-        );
+        let cfg = config(addr, admin, upstream, &self);
         let cfg_path = dir.path().join("scopegate.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.path().join("scopegate.log");

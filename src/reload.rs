@@ -29,14 +29,14 @@ pub async fn watch_rules(
             return;
         }
     };
-    let mut seen = file.as_ref().and_then(|f| modified(f));
+    let mut seen = file.as_ref().and_then(modified);
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading rules");
             }
             _ = tokio::time::sleep(POLL), if file.is_some() => {
-                let now = file.as_ref().and_then(|f| modified(f));
+                let now = file.as_ref().and_then(modified);
                 if now == seen {
                     continue;
                 }

@@ -264,3 +264,27 @@ async fn http2_prior_knowledge_on_cleartext() {
     );
     assert_eq!(seen[0].0.uri, "/_matrix/client/v3/account/whoami");
 }
+
+/// hyper reads a message with both `Content-Length` and `Transfer-Encoding`
+/// by the latter and closes the connection after it (RFC 9112 §6.1), so a
+/// request smuggled behind it is never read, let alone forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_cannot_smuggle() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    let request = format!(
+        "POST /_matrix/client/v3/rooms/%21r%3Ax/send/m.room.message/1 HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {FULL_TOKEN}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+         0\r\n\r\nGET /_matrix/client/v3/smuggled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {FULL_TOKEN}\r\n\r\n"
+    );
+    let response = raw(gate.addr, request.as_bytes(), Duration::from_secs(5));
+    assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}\n{}", gate.logs());
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "only the first request was forwarded");
+    assert_eq!(seen[0].0.method, "POST");
+    assert!(seen[0].1.is_empty(), "its body was read as chunked: empty");
+}

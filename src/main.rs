@@ -31,6 +31,25 @@ enum Command {
     Check,
     /// Run a self-contained demo: a stub homeserver, the gateway, demo tokens.
     Demo(scopegate::demo::DemoArgs),
+    /// Show how the rules decide one request: exit 0 on allow, 1 on deny, 2 on error.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The token's scopes, space-separated; empty means no token.
+    #[arg(long, default_value = "")]
+    scopes: String,
+    /// Explain against this rule file instead of the config's rules.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// e.g. PUT
+    method: String,
+    /// The request target as a client sends it, e.g. /_matrix/client/v3/rooms/%21r%3Ax/send/m.room.message/1
+    target: String,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +57,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_gateway(&cli.config),
         Command::Check => check(&cli.config),
+        Command::Explain(args) => explain(&cli.config, &args),
         Command::Demo(args) => {
             init_logging(LogFormat::Text, "info");
             runtime(None).block_on(scopegate::demo::run(args))
@@ -81,7 +101,10 @@ fn check(path: &std::path::Path) -> ExitCode {
             run::prepare(config)
         });
     match prepared {
-        Ok(_) => {
+        Ok(prepared) => {
+            for warning in &prepared.warnings {
+                eprintln!("{warning}");
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -89,6 +112,64 @@ fn check(path: &std::path::Path) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn explain(config: &std::path::Path, args: &ExplainArgs) -> ExitCode {
+    use scopegate::canonical::{canonicalize, DEFAULT_MAX_PATH};
+    use scopegate::scopes::{ScopeSet, Verdict};
+
+    let rules_file = match &args.rules {
+        Some(file) => Some(file.clone()),
+        None => match Config::load(config) {
+            Ok(config) => config.rules.file.as_ref().map(|f| config.resolve(f)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let rules = match run::load_rules(rules_file.as_deref()) {
+        Ok((rules, _)) => rules,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(method) = args.method.to_ascii_uppercase().parse::<http::Method>() else {
+        eprintln!("error: `{}` is not an HTTP method", args.method);
+        return ExitCode::from(2);
+    };
+    let uri: http::Uri = match args.target.parse() {
+        Ok(uri) => uri,
+        Err(e) => {
+            eprintln!("error: `{}` is not a request target: {e}", args.target);
+            return ExitCode::from(2);
+        }
+    };
+    let target = match canonicalize(&uri, http::Version::HTTP_11, DEFAULT_MAX_PATH) {
+        Ok(target) => target,
+        Err(e) => {
+            println!("refused before routing: {e} (400)");
+            return ExitCode::from(1);
+        }
+    };
+    let explanation = rules.explain(
+        &method,
+        target.path,
+        &ScopeSet::from_space_separated(&args.scopes),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).expect("explanations serialize")
+        );
+    } else {
+        print!("{explanation}");
+    }
+    match explanation.decision {
+        Verdict::Allow => ExitCode::SUCCESS,
+        Verdict::Deny => ExitCode::from(1),
     }
 }
 

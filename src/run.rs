@@ -24,12 +24,14 @@ use crate::scopes::RuleSet;
 pub struct Prepared {
     pub config: Config,
     pub gateway: Arc<Gateway>,
+    /// What the rule check found worth saying, though not fatal.
+    pub warnings: Vec<String>,
     tls: Option<TlsAcceptor>,
 }
 
 pub fn prepare(config: Config) -> Result<Prepared, String> {
     let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
-    let rules = load_rules(rules_file.as_deref())?;
+    let (rules, warnings) = load_rules(rules_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let auth = Authenticator::new(StaticTable::new(&config.auth.static_tokens));
     let ca_file = config.upstream.ca_file.as_ref().map(|p| config.resolve(p));
@@ -50,13 +52,20 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
     Ok(Prepared {
         config,
         gateway,
+        warnings,
         tls,
     })
 }
 
-/// The configured rule file, or the shipped rules.
-pub fn load_rules(_file: Option<&Path>) -> Result<RuleSet, String> {
-    Ok(RuleSet::builtin())
+/// The configured rule file, or the shipped rules, with the check's
+/// warnings as `file:line: message` lines.
+pub fn load_rules(file: Option<&Path>) -> Result<(RuleSet, Vec<String>), String> {
+    let Some(file) = file else {
+        return Ok((RuleSet::builtin(), Vec::new()));
+    };
+    let loaded = RuleSet::load(file).map_err(|e| e.to_string())?;
+    let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+    Ok((loaded.rules, warnings))
 }
 
 /// Addresses actually bound (a configured port 0 is resolved here).
@@ -76,8 +85,12 @@ pub async fn serve(
     let Prepared {
         config,
         gateway,
+        warnings,
         tls,
     } = prepared;
+    for warning in &warnings {
+        tracing::warn!("rules: {warning}");
+    }
     let public = listener::bind(config.server.listen, "server.listen")
         .await
         .map_err(|e| e.to_string())?;
@@ -113,7 +126,7 @@ pub async fn serve(
     tokio::spawn(reload::watch_rules(
         gateway.clone(),
         rules_file.clone(),
-        move || load_rules(rules_file.as_deref()),
+        move || load_rules(rules_file.as_deref()).map(|(rules, _)| rules),
         stop_rx.clone(),
     ));
     tokio::spawn(async move {

@@ -278,7 +278,12 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
          0\r\n\r\nGET /_matrix/client/v3/smuggled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {FULL_TOKEN}\r\n\r\n"
     );
     let response = raw(gate.addr, request.as_bytes(), Duration::from_secs(5));
-    assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}\n{}", gate.logs());
+    assert_eq!(
+        response.matches("HTTP/1.1 ").count(),
+        1,
+        "{response}\n{}",
+        gate.logs()
+    );
     assert!(
         response.to_ascii_lowercase().contains("connection: close"),
         "{response}"

@@ -15,6 +15,17 @@ const STABLE_PREFIX: &str = "urn:matrix:client:";
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ScopeSet {
     scopes: Box<[Box<str>]>,
+    /// One bit per scope ([`bit`]): a rule asking for a scope whose bit is
+    /// clear is refused without a string comparison.
+    mask: u64,
+}
+
+/// The mask bit of a whole scope: FNV-1a, folded to 0..64.
+pub(crate) fn bit(scope: &str) -> u64 {
+    let hash = scope.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    1 << (hash >> 58)
 }
 
 impl ScopeSet {
@@ -30,8 +41,10 @@ impl ScopeSet {
             .collect();
         scopes.sort_unstable();
         scopes.dedup();
+        let mask = scopes.iter().fold(0, |m, s| m | bit(s));
         ScopeSet {
             scopes: scopes.into_boxed_slice(),
+            mask,
         }
     }
 
@@ -41,9 +54,29 @@ impl ScopeSet {
     }
 
     pub fn contains(&self, scope: &str) -> bool {
+        self.may_contain(bit(scope)) && self.contains_exactly(scope)
+    }
+
+    /// False only if no scope of the set has this [`bit`].
+    pub(crate) fn may_contain(&self, bit: u64) -> bool {
+        self.mask & bit != 0
+    }
+
+    /// [`ScopeSet::contains`] without the mask test, for callers that did it.
+    pub(crate) fn contains_exactly(&self, scope: &str) -> bool {
         self.scopes
             .binary_search_by(|s| s.as_ref().cmp(scope))
             .is_ok()
+    }
+
+    /// The scopes that start with `prefix`, found by binary search: the set
+    /// is sorted, so they are adjacent.
+    pub fn starting_with<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let start = self.scopes.partition_point(|s| s.as_ref() < prefix);
+        self.scopes[start..]
+            .iter()
+            .map(AsRef::as_ref)
+            .take_while(move |s| s.starts_with(prefix))
     }
 
     pub fn has_full_access(&self) -> bool {
@@ -103,6 +136,27 @@ mod tests {
             "urn:matrix:client:api:*  urn:matrix:org.matrix.msc2967.client:api:* openid",
         );
         assert_eq!(set.to_string(), "openid urn:matrix:client:api:*");
+    }
+
+    #[test]
+    fn starting_with_finds_the_adjacent_run() {
+        let set = ScopeSet::from_space_separated("b:2 a:1 b:1 c b:");
+        assert_eq!(
+            set.starting_with("b:").collect::<Vec<_>>(),
+            ["b:", "b:1", "b:2"]
+        );
+        assert_eq!(set.starting_with("").count(), 5);
+        assert_eq!(set.starting_with("d").count(), 0);
+    }
+
+    #[test]
+    fn the_mask_never_hides_a_member() {
+        let set = ScopeSet::from_space_separated("a b c urn:matrix:client:api:* scopegate:read");
+        for s in ["a", "b", "c", "urn:matrix:client:api:*", "scopegate:read"] {
+            assert!(set.may_contain(bit(s)) && set.contains(s), "{s}");
+        }
+        assert!(!set.contains("d") && !set.contains("scopegate:media"));
+        assert!(!ScopeSet::default().may_contain(bit("a")));
     }
 
     #[test]

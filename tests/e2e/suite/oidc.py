@@ -169,7 +169,8 @@ def device_flow(op: str, login: str, scopes: list[str], resource: str | None = N
     if resource:
         data["resource"] = resource
     started = _ok(requests.post(f"{op}/device/auth", data=data, timeout=10), "device authorization")
-    for key in ("device_code", "user_code", "verification_uri", "interval", "expires_in"):
+    # `interval` is optional (RFC 8628 §3.2, default 5 s); oidc-provider omits it.
+    for key in ("device_code", "user_code", "verification_uri", "expires_in"):
         if key not in started:
             raise OidcError(f"device authorization response lacks {key}: {started}")
     poll = {"grant_type": "urn:ietf:params:oauth:grant-type:device_code",
@@ -190,7 +191,7 @@ def device_flow(op: str, login: str, scopes: list[str], resource: str | None = N
     if isinstance(done, str) or "success" not in done.text.lower():
         raise OidcError(f"device approval did not end on the success page: {str(done)[:300]}")
     # A device polls no faster than `interval` (else `slow_down`).
-    interval = float(started["interval"])
+    interval = float(started.get("interval", 5))
     polled_at = time.monotonic()
     for _ in range(5):
         time.sleep(max(0.0, polled_at + interval + 0.2 - time.monotonic()))

@@ -1,0 +1,113 @@
+//! `scopegate demo` does what it prints: each demo token gets the answer the
+//! instructions promise.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+use http::Request;
+
+#[tokio::test]
+async fn demo_tokens_behave_as_printed() {
+    let (listen, admin) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args([
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("M_UNKNOWN_TOKEN") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .unwrap();
+    assert!(printed.contains(&format!(
+        "curl -s http://{listen}/_matrix/client/v3/account/whoami"
+    )));
+
+    let room = "/_matrix/client/v3/rooms/%21demo%3Aexample.org/send/m.room.message";
+    let other = "/_matrix/client/v3/rooms/%21other%3Aexample.org/send/m.room.message";
+    let put = |path: String, token: &'static str| async move {
+        let req = Request::put(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(r#"{"msgtype":"m.text","body":"hi"}"#))
+            .unwrap();
+        send(listen, req).await
+    };
+
+    let (parts, body) = get(listen, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(
+        (parts.status.as_u16(), json(&body)["errcode"].clone()),
+        (401, "M_MISSING_TOKEN".into())
+    );
+    let (parts, body) = get(
+        listen,
+        "/_matrix/client/v3/account/whoami",
+        Some("demo-full-access"),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(json(&body)["user_id"], "@alice:example.org");
+    assert_eq!(
+        put(format!("{room}/t1"), "demo-full-access").await.0.status,
+        200
+    );
+    let (parts, body) = get(listen, "/_matrix/client/v3/sync", Some("demo-full-access")).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(
+        json(&body)["rooms"]["join"]["!demo:example.org"]["timeline"]["events"][0]["content"]
+            ["body"],
+        "hi"
+    );
+
+    assert_eq!(
+        get(listen, "/_matrix/client/v3/sync", Some("demo-readonly-bot"))
+            .await
+            .0
+            .status,
+        200
+    );
+    assert_eq!(
+        put(format!("{room}/t2"), "demo-readonly-bot")
+            .await
+            .0
+            .status,
+        403
+    );
+    assert_eq!(put(format!("{room}/t3"), "demo-widget").await.0.status, 200);
+    assert_eq!(
+        put(format!("{other}/t4"), "demo-widget").await.0.status,
+        403
+    );
+    let (parts, body) = get(
+        listen,
+        "/_matrix/client/v3/account/whoami",
+        Some("not-a-token"),
+    )
+    .await;
+    assert_eq!(
+        (parts.status.as_u16(), json(&body)["errcode"].clone()),
+        (401, "M_UNKNOWN_TOKEN".into())
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::auth::extract::{self, Credential};
-use crate::auth::{AuthError, Authenticator, Identity};
+use crate::auth::{AuthError, Authenticator, Identity, InvalidTokenLimiter};
 use crate::canonical::canonicalize;
 use crate::metrics::Metrics;
 use crate::proxy::body::{ConnActivity, GateBody, InFlight};
@@ -48,9 +48,33 @@ pub struct Settings {
 pub struct Gateway {
     rules: ArcSwap<RuleSet>,
     auth: Authenticator,
+    limiter: InvalidTokenLimiter,
     upstream: Upstream,
     settings: Settings,
     pub metrics: Arc<Metrics>,
+}
+
+/// `POST …/logout` ends one session; `POST …/logout/all` every session of
+/// the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logout {
+    One,
+    All,
+}
+
+impl Logout {
+    fn of(method: &Method, path: &str) -> Option<Logout> {
+        if method != Method::POST || !path.starts_with("/_matrix/client/") {
+            return None;
+        }
+        if path.ends_with("/logout/all") {
+            Some(Logout::All)
+        } else if path.ends_with("/logout") {
+            Some(Logout::One)
+        } else {
+            None
+        }
+    }
 }
 
 /// What the pipeline decided, for the record phase.
@@ -78,6 +102,7 @@ impl Gateway {
     pub fn new(
         rules: RuleSet,
         auth: Authenticator,
+        limiter: InvalidTokenLimiter,
         upstream: Upstream,
         settings: Settings,
         metrics: Arc<Metrics>,
@@ -85,6 +110,7 @@ impl Gateway {
         Gateway {
             rules: ArcSwap::from_pointee(rules),
             auth,
+            limiter,
             upstream,
             settings,
             metrics,
@@ -98,6 +124,10 @@ impl Gateway {
 
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<GateBody> {
@@ -140,12 +170,14 @@ impl Gateway {
             Access::Protected => true,
         };
         let mut user = None;
+        let mut logout = None;
         if needs_token {
             // 3. authenticate
-            let identity = match self.authenticate(&req, target.query).await {
-                Ok(identity) => identity,
+            let (identity, token) = match self.authenticate(&req, target.query, conn).await {
+                Ok(found) => found,
                 Err(refusal) => return Outcome::refused(refusal, label, None),
             };
+            logout = Logout::of(req.method(), target.path).map(|kind| (kind, token.into_owned()));
             // 4. authorize
             if let scopes::Decision::Deny(denial) = rules.authorize(&route, &identity.scopes) {
                 let refusal = Refusal::InsufficientScope {
@@ -158,13 +190,20 @@ impl Gateway {
         // 5. forward
         let sent = Instant::now();
         match self.forward(req, conn).await {
-            Ok(response) => Outcome {
-                response,
-                decision: Decision::Allowed,
-                route: label,
-                user,
-                upstream_time: Some(sent.elapsed()),
-            },
+            Ok(response) => {
+                if let (Some((kind, token)), Some(identity)) = (logout, &user) {
+                    if response.status().is_success() {
+                        self.observe_logout(kind, &token, identity).await;
+                    }
+                }
+                Outcome {
+                    response,
+                    decision: Decision::Allowed,
+                    route: label,
+                    user,
+                    upstream_time: Some(sent.elapsed()),
+                }
+            }
             Err(UpstreamError::Unreachable) => {
                 Outcome::refused(Refusal::UpstreamUnreachable, label, user)
             }
@@ -172,11 +211,12 @@ impl Gateway {
         }
     }
 
-    async fn authenticate(
+    async fn authenticate<'q>(
         &self,
-        req: &Request<Incoming>,
-        query: Option<&str>,
-    ) -> Result<Arc<Identity>, Refusal> {
+        req: &'q Request<Incoming>,
+        query: Option<&'q str>,
+        conn: &ConnInfo,
+    ) -> Result<(Arc<Identity>, std::borrow::Cow<'q, str>), Refusal> {
         let token = match extract::credential(req.headers(), query, self.settings.allow_query_token)
         {
             Ok(Credential::Token(token)) => token,
@@ -185,10 +225,53 @@ impl Gateway {
             }
             Err(e) => return Err(Refusal::MissingToken(e.message())),
         };
-        self.auth.authenticate(&token).await.map_err(|e| match e {
-            AuthError::Invalid { soft_logout } => Refusal::UnknownToken { soft_logout },
-            AuthError::Unavailable => Refusal::ProviderUnavailable,
-        })
+        // Clients that keep presenting invalid tokens are slowed down before
+        // they can make the identity provider do work.
+        let client = self.client_ip(req.headers(), conn.peer.ip());
+        if let Err(retry) = self.limiter.check(client) {
+            return Err(Refusal::RateLimited {
+                retry_after_s: retry.as_secs().max(1),
+            });
+        }
+        match self.auth.authenticate(&token).await {
+            Ok(identity) => Ok((identity, token)),
+            Err(AuthError::Invalid { soft_logout }) => {
+                self.limiter.record_invalid(client);
+                Err(Refusal::UnknownToken { soft_logout })
+            }
+            Err(AuthError::Unavailable) => Err(Refusal::ProviderUnavailable),
+        }
+    }
+
+    /// The homeserver ended a session: the gateway must not go on
+    /// honouring its token from cache.
+    async fn observe_logout(&self, kind: Logout, token: &str, identity: &Identity) {
+        self.auth.revoke_token(token).await;
+        if kind == Logout::All {
+            self.auth.evict_user(&identity.user_id);
+        }
+        tracing::info!(user = %identity.user_id, all = kind == Logout::All, "logout observed; token evicted");
+    }
+
+    /// The address rate limits apply to: the peer, or, behind trusted
+    /// proxies, the nearest address in `X-Forwarded-For` that is not one.
+    fn client_ip(&self, headers: &http::HeaderMap, peer: IpAddr) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let chain: Vec<&str> = headers
+            .get_all(&headers::X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        // Right to left: each trusted proxy vouches for the hop before it.
+        chain
+            .iter()
+            .rev()
+            .map_while(|hop| hop.trim().parse::<IpAddr>().ok())
+            .find(|hop| !self.is_trusted(*hop))
+            .unwrap_or(peer)
     }
 
     async fn forward(

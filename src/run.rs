@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Admin};
-use crate::auth::{Authenticator, StaticTable};
+use crate::auth::{Authenticator, InvalidTokenLimiter};
 use crate::config::Config;
 use crate::gate::{Gateway, Settings};
 use crate::metrics::Metrics;
@@ -33,7 +33,14 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
     let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
     let (rules, warnings) = load_rules(rules_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
-    let auth = Authenticator::new(StaticTable::new(&config.auth.static_tokens));
+    let auth = Authenticator::from_config(
+        &config.auth,
+        &config.cache,
+        &config.upstream.url.0,
+        &metrics.registry,
+    )?;
+    let limiter = InvalidTokenLimiter::new(&config.auth.rate_limit);
+    limiter.register_metrics(&metrics.registry)?;
     let ca_file = config.upstream.ca_file.as_ref().map(|p| config.resolve(p));
     let upstream = Upstream::new(&config.upstream, ca_file.as_deref())?;
     let settings = Settings {
@@ -48,7 +55,9 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         )?),
         _ => None,
     };
-    let gateway = Arc::new(Gateway::new(rules, auth, upstream, settings, metrics));
+    let gateway = Arc::new(Gateway::new(
+        rules, auth, limiter, upstream, settings, metrics,
+    ));
     Ok(Prepared {
         config,
         gateway,

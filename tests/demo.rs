@@ -42,6 +42,17 @@ async fn demo_tokens_behave_as_printed() {
     assert!(printed.contains(&format!(
         "curl -s http://{listen}/_matrix/client/v3/account/whoami"
     )));
+    let token = |var: &str| -> &'static str {
+        let prefix = format!("export {var}=");
+        let line = printed
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .expect("an export line");
+        let token = line[prefix.len()..].to_string();
+        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+        Box::leak(token.into_boxed_str())
+    };
+    let (full_token, bot, widget) = (token("FULL"), token("BOT"), token("WIDGET"));
 
     let room = "/_matrix/client/v3/rooms/%21demo%3Aexample.org/send/m.room.message";
     let other = "/_matrix/client/v3/rooms/%21other%3Aexample.org/send/m.room.message";
@@ -61,16 +72,13 @@ async fn demo_tokens_behave_as_printed() {
     let (parts, body) = get(
         listen,
         "/_matrix/client/v3/account/whoami",
-        Some("demo-full-access"),
+        Some(full_token),
     )
     .await;
     assert_eq!(parts.status, 200);
     assert_eq!(json(&body)["user_id"], "@alice:example.org");
-    assert_eq!(
-        put(format!("{room}/t1"), "demo-full-access").await.0.status,
-        200
-    );
-    let (parts, body) = get(listen, "/_matrix/client/v3/sync", Some("demo-full-access")).await;
+    assert_eq!(put(format!("{room}/t1"), full_token).await.0.status, 200);
+    let (parts, body) = get(listen, "/_matrix/client/v3/sync", Some(full_token)).await;
     assert_eq!(parts.status, 200);
     assert_eq!(
         json(&body)["rooms"]["join"]["!demo:example.org"]["timeline"]["events"][0]["content"]
@@ -79,24 +87,15 @@ async fn demo_tokens_behave_as_printed() {
     );
 
     assert_eq!(
-        get(listen, "/_matrix/client/v3/sync", Some("demo-readonly-bot"))
+        get(listen, "/_matrix/client/v3/sync", Some(bot))
             .await
             .0
             .status,
         200
     );
-    assert_eq!(
-        put(format!("{room}/t2"), "demo-readonly-bot")
-            .await
-            .0
-            .status,
-        403
-    );
-    assert_eq!(put(format!("{room}/t3"), "demo-widget").await.0.status, 200);
-    assert_eq!(
-        put(format!("{other}/t4"), "demo-widget").await.0.status,
-        403
-    );
+    assert_eq!(put(format!("{room}/t2"), bot).await.0.status, 403);
+    assert_eq!(put(format!("{room}/t3"), widget).await.0.status, 200);
+    assert_eq!(put(format!("{other}/t4"), widget).await.0.status, 403);
     let (parts, body) = get(
         listen,
         "/_matrix/client/v3/account/whoami",

@@ -1,16 +1,51 @@
 //! Who is calling: the token is taken from the request (`extract`), and an
 //! identity source vouches for it. Scope decisions are never made here: the
 //! rule set judges the returned [`Identity`] on every request.
+//!
+//! [`Authenticator`] is the seam the pipeline calls. Per token it goes:
+//! static table → offline shape checks → cache → the one validator the
+//! token's shape and the config choose (`decide`). docs/auth.md has the order.
 
+mod cache;
+pub mod config;
+mod decide;
+pub mod demo_issuer;
+mod discovery;
 pub mod extract;
+mod http_client;
+mod introspect;
+mod jwks;
+mod jwt;
+mod legacy;
+mod limiter;
+pub mod mas;
+mod metrics;
 pub mod static_table;
+mod subject;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::scopes::ScopeSet;
 
-pub use static_table::StaticTable;
+pub use config::{
+    AuthSettings, CacheConfig, ClientAuthMethod, IntrospectionConfig, JwsAlgorithm, JwtConfig,
+    LegacyConfig, RateLimitConfig, Secret,
+};
+pub use limiter::InvalidTokenLimiter;
+pub use static_table::{StaticTable, StaticToken, TokenDigest};
+pub use subject::{DeviceId, UserId};
+
+use cache::{CacheKey, Profile, TokenCache, Verdict};
+use config::{provider_url, ProviderUrl};
+use decide::{Enabled, Route};
+use discovery::Discovery;
+use http_client::HttpClient;
+use introspect::{ClientAuth, EndpointSource, Introspector};
+use jwks::{JwksSource, KeyStore, KeyStoreConfig};
+use jwt::{JwtSettings, JwtValidator};
+use legacy::LegacyValidator;
+use metrics::AuthMetrics;
 
 /// What a validated token stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,16 +72,403 @@ pub enum AuthError {
 /// fixed order decided by the token's shape, never all in turn.
 pub struct Authenticator {
     static_table: StaticTable,
+    enabled: Enabled,
+    jwt: Option<Validator<JwtValidator>>,
+    introspection: Option<Validator<Introspector>>,
+    legacy: Option<Validator<LegacyValidator>>,
+    cache: TokenCache,
+    metrics: Arc<AuthMetrics>,
+}
+
+/// A validator and the cache profile of what it vouches for.
+struct Validator<V> {
+    inner: V,
+    profile: Profile,
 }
 
 impl Authenticator {
-    pub fn new(static_table: StaticTable) -> Self {
-        Authenticator { static_table }
+    /// Builds every enabled validator from the config. Touches no network:
+    /// discovery and keys are fetched in the background or on first use, so a
+    /// provider that is down at start-up costs 503s, not a gateway that will
+    /// not start. Reads `*_secret_file`s.
+    pub fn from_config(
+        cfg: &AuthSettings,
+        cache: &CacheConfig,
+        upstream: &http::Uri,
+        registry: &prometheus::Registry,
+    ) -> Result<Authenticator, String> {
+        cache.validate()?;
+        cfg.rate_limit.validate()?;
+        if cfg.server_name.is_empty() {
+            return Err(
+                "[auth] server_name is required: bare user names become @name:server_name".into(),
+            );
+        }
+        let token_cache = TokenCache::new(cache);
+        let metrics = Arc::new(AuthMetrics::new()?);
+        let http = HttpClient::new();
+        let issuer = provider_url(cfg.issuer.as_deref(), "[auth] issuer")?;
+        let discovery_timeout = Duration::from_millis(cfg.jwt.fetch_timeout_ms);
+        let discovery = issuer
+            .as_ref()
+            .map(|i| Discovery::new(i, http.clone(), discovery_timeout).map(Arc::new))
+            .transpose()?;
+
+        let jwt = if cfg.jwt.enabled {
+            Some(build_jwt(
+                cfg,
+                issuer.as_ref(),
+                discovery.clone(),
+                &http,
+                &metrics,
+            )?)
+        } else {
+            None
+        };
+        let introspection = if cfg.introspection.enabled {
+            Some(build_introspection(
+                cfg,
+                discovery.clone(),
+                &http,
+                &metrics,
+            )?)
+        } else {
+            None
+        };
+        let legacy = if cfg.legacy.enabled {
+            let l = &cfg.legacy;
+            Some(Validator {
+                inner: LegacyValidator::new(
+                    upstream,
+                    http.clone(),
+                    Duration::from_millis(l.timeout_ms),
+                    ScopeSet::new(&l.scopes),
+                )?,
+                profile: Profile::new(&format!("legacy upstream={upstream}")),
+            })
+        } else {
+            None
+        };
+        // Only now that the whole config is accepted: metrics, background work.
+        let for_gauge = token_cache.clone();
+        metrics.register(registry, move || for_gauge.entry_count())?;
+        if let Some(jwt) = &jwt {
+            jwt.inner.warm_up();
+        }
+        Ok(Authenticator {
+            static_table: StaticTable::new(&cfg.static_tokens),
+            enabled: Enabled {
+                jwt: jwt.is_some(),
+                introspection: introspection.is_some(),
+                legacy: legacy.is_some(),
+            },
+            jwt,
+            introspection,
+            legacy,
+            cache: token_cache,
+            metrics,
+        })
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
-        self.static_table
-            .lookup(token)
-            .ok_or(AuthError::Invalid { soft_logout: false })
+        if let Some(identity) = self.static_table.lookup(token) {
+            self.metrics.validated("static", "valid");
+            return Ok(identity);
+        }
+        let (chosen, profile) = match self.route(token) {
+            Ok(found) => found,
+            Err(reason) => {
+                tracing::debug!(reason, token = %short_hash(token), "token refused offline");
+                self.metrics.validated("precheck", "invalid");
+                return Err(AuthError::Invalid { soft_logout: false });
+            }
+        };
+        let key = CacheKey::new(token, profile);
+        let validate = async {
+            let verdict = match chosen {
+                Chosen::Jwt(v) => v.validate(token).await,
+                Chosen::Introspection(v) => v.validate(token).await,
+                Chosen::Legacy(v) => v.validate(token).await,
+            };
+            let result = match &verdict {
+                Ok(Verdict::Valid(_)) => "valid",
+                Ok(Verdict::Invalid { .. }) => "invalid",
+                Err(AuthError::Invalid { .. }) => "invalid",
+                Err(AuthError::Unavailable) => "unavailable",
+            };
+            self.metrics.validated(chosen.name(), result);
+            verdict
+        };
+        let (result, hit) = self.cache.get_or_validate(key, validate).await;
+        if hit {
+            self.metrics.cache_hits.inc();
+        } else {
+            self.metrics.cache_misses.inc();
+        }
+        match result {
+            Ok(verdict) => verdict.into_result(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next request with `token` is validated afresh (after a logout).
+    pub async fn evict_token(&self, token: &str) {
+        if let Ok((_, profile)) = self.route(token) {
+            self.cache.evict(&CacheKey::new(token, profile)).await;
+        }
+    }
+
+    /// After a logout the homeserver accepted: the token is refused for
+    /// `negative_ttl_s` without asking anyone, even if the provider, lagging,
+    /// still calls it active; after that it is validated afresh.
+    pub async fn revoke_token(&self, token: &str) {
+        if let Ok((_, profile)) = self.route(token) {
+            self.cache.refuse(CacheKey::new(token, profile)).await;
+        }
+    }
+
+    /// Every cached token of `user_id` is validated afresh (after `logout/all`).
+    pub fn evict_user(&self, user_id: &str) {
+        self.cache.evict_user(user_id);
+    }
+
+    pub fn evict_all(&self) {
+        self.cache.evict_all();
+    }
+
+    /// Cached verdicts; approximate until [`Self::run_pending_tasks`].
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Applies the cache's pending evictions now, so `entry_count` is exact
+    /// (the admin endpoint and tests; moka otherwise does it as it goes).
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// The validator for `token` and its cache profile, or why none applies.
+    fn route(&self, token: &str) -> Result<(Chosen<'_>, Profile), &'static str> {
+        fn pick<'a, V>(
+            v: &'a Option<Validator<V>>,
+            wrap: fn(&'a V) -> Chosen<'a>,
+        ) -> Result<(Chosen<'a>, Profile), &'static str> {
+            // decide::route only picks enabled validators.
+            let v = v.as_ref().ok_or("validator not configured")?;
+            Ok((wrap(&v.inner), v.profile))
+        }
+        match decide::route(token, self.enabled) {
+            Route::Jwt => pick(&self.jwt, Chosen::Jwt),
+            Route::Introspection => pick(&self.introspection, Chosen::Introspection),
+            Route::Legacy => pick(&self.legacy, Chosen::Legacy),
+            Route::Refuse(reason) => Err(reason),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Chosen<'a> {
+    Jwt(&'a JwtValidator),
+    Introspection(&'a Introspector),
+    Legacy(&'a LegacyValidator),
+}
+
+impl Chosen<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            Chosen::Jwt(_) => "jwt",
+            Chosen::Introspection(_) => "introspection",
+            Chosen::Legacy(_) => "legacy",
+        }
+    }
+}
+
+/// Enough of the token's hash to correlate log lines, never the token.
+fn short_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(token.as_bytes())[..4])
+}
+
+fn build_jwt(
+    cfg: &AuthSettings,
+    issuer: Option<&ProviderUrl>,
+    discovery: Option<Arc<Discovery>>,
+    http: &HttpClient,
+    metrics: &Arc<AuthMetrics>,
+) -> Result<Validator<JwtValidator>, String> {
+    let j = &cfg.jwt;
+    let (Some(issuer_str), Some(_)) = (cfg.issuer.as_deref(), issuer) else {
+        return Err("[auth.jwt] needs [auth] issuer: tokens are checked against it (iss)".into());
+    };
+    if j.audiences.is_empty() {
+        return Err(
+            "[auth.jwt] audiences must name the audience your issuer puts in access tokens (aud)"
+                .into(),
+        );
+    }
+    if j.algorithms.is_empty() {
+        return Err("[auth.jwt] algorithms is empty: no token could ever be accepted".into());
+    }
+    let hmac_secret = Secret::resolve(
+        j.hmac_secret.as_ref(),
+        j.hmac_secret_file.as_ref(),
+        "[auth.jwt] hmac_secret",
+    )?;
+    match (j.has_hmac(), &hmac_secret) {
+        (true, None) => {
+            return Err(
+                "[auth.jwt] algorithms lists an HS* algorithm but no hmac_secret is set".into(),
+            )
+        }
+        (false, Some(_)) => {
+            return Err(
+                "[auth.jwt] hmac_secret is set but algorithms lists no HS* algorithm".into(),
+            )
+        }
+        _ => {}
+    }
+    let source = match provider_url(j.jwks_uri.as_deref(), "[auth.jwt] jwks_uri")? {
+        Some(uri) => JwksSource::Fixed(uri.0),
+        None => {
+            JwksSource::Discovered(discovery.ok_or("[auth.jwt] needs jwks_uri or [auth] issuer")?)
+        }
+    };
+    let keys = KeyStore::new(
+        source,
+        http.clone(),
+        KeyStoreConfig {
+            timeout: Duration::from_millis(j.fetch_timeout_ms),
+            cooldown: Duration::from_secs(j.unknown_kid_cooldown_s),
+            refresh_interval: Duration::from_secs(j.refresh_interval_s.max(1)),
+            max_stale: Duration::from_secs(j.max_stale_s),
+        },
+        metrics.clone(),
+    );
+    let mut audiences = j.audiences.clone();
+    audiences.sort();
+    let profile = Profile::new(&format!(
+        "jwt iss={issuer_str} aud={} user_claim={:?}",
+        audiences.join(" "),
+        j.user_claim
+    ));
+    let inner = JwtValidator::new(
+        JwtSettings {
+            issuer: issuer_str.to_string(),
+            audiences,
+            algorithms: j.algorithms.iter().map(|a| a.0).collect(),
+            leeway: Duration::from_secs(j.leeway_s),
+            require_typ: j.require_typ,
+            user_claim: j.user_claim.clone(),
+            hmac_secret: hmac_secret.map(|s| s.expose().as_bytes().to_vec()),
+            server_name: cfg.server_name.clone(),
+        },
+        keys,
+    );
+    Ok(Validator { inner, profile })
+}
+
+fn build_introspection(
+    cfg: &AuthSettings,
+    discovery: Option<Arc<Discovery>>,
+    http: &HttpClient,
+    metrics: &Arc<AuthMetrics>,
+) -> Result<Validator<Introspector>, String> {
+    let i = &cfg.introspection;
+    let secret = Secret::resolve(
+        i.client_secret.as_ref(),
+        i.client_secret_file.as_ref(),
+        "[auth.introspection] client_secret",
+    )?;
+    let auth = ClientAuth::new(i.auth_method, i.client_id.as_deref(), secret)?;
+    let (endpoint, described) =
+        match provider_url(i.endpoint.as_deref(), "[auth.introspection] endpoint")? {
+            Some(url) => {
+                let text = url.0.to_string();
+                (EndpointSource::Fixed(url.0), text)
+            }
+            None => (
+                EndpointSource::Discovered(
+                    discovery.ok_or("[auth.introspection] needs endpoint or [auth] issuer")?,
+                ),
+                format!(
+                    "discovered from {}",
+                    cfg.issuer.as_deref().unwrap_or_default()
+                ),
+            ),
+        };
+    let profile = Profile::new(&format!("introspection endpoint={described}"));
+    let inner = Introspector::new(
+        endpoint,
+        auth,
+        http.clone(),
+        Duration::from_millis(i.timeout_ms),
+        i.max_in_flight,
+        cfg.server_name.clone(),
+        metrics.clone(),
+    );
+    Ok(Validator { inner, profile })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(cfg: &AuthSettings) -> Result<Authenticator, String> {
+        Authenticator::from_config(
+            cfg,
+            &CacheConfig::default(),
+            &"http://127.0.0.1:9".parse().unwrap(),
+            &prometheus::Registry::new(),
+        )
+    }
+
+    fn jwt_settings() -> AuthSettings {
+        AuthSettings {
+            server_name: "example.org".into(),
+            issuer: Some("https://id.example.org".into()),
+            jwt: JwtConfig {
+                enabled: true,
+                audiences: vec!["matrix".into()],
+                ..JwtConfig::default()
+            },
+            ..AuthSettings::default()
+        }
+    }
+
+    #[test]
+    fn builds_outside_a_runtime_without_touching_the_network() {
+        assert!(build(&jwt_settings()).is_ok());
+    }
+
+    #[test]
+    fn config_mistakes_are_named() {
+        let no_server = AuthSettings {
+            server_name: String::new(),
+            ..jwt_settings()
+        };
+        assert!(build(&no_server).err().unwrap().contains("server_name"));
+
+        let mut no_aud = jwt_settings();
+        no_aud.jwt.audiences.clear();
+        assert!(build(&no_aud).err().unwrap().contains("audiences"));
+
+        let mut http_issuer = jwt_settings();
+        http_issuer.issuer = Some("http://id.example.org".into());
+        assert!(build(&http_issuer).err().unwrap().contains("https"));
+
+        let mut no_secret = jwt_settings();
+        no_secret.introspection.enabled = true;
+        assert!(build(&no_secret).err().unwrap().contains("client_secret"));
+    }
+
+    #[test]
+    fn a_failed_build_leaves_the_registry_free_for_the_next() {
+        let registry = prometheus::Registry::new();
+        let mut bad = jwt_settings();
+        bad.jwt.audiences.clear();
+        let upstream = "http://127.0.0.1:9".parse().unwrap();
+        let cache = CacheConfig::default();
+        assert!(Authenticator::from_config(&bad, &cache, &upstream, &registry).is_err());
+        assert!(Authenticator::from_config(&jwt_settings(), &cache, &upstream, &registry).is_ok());
     }
 }

@@ -12,7 +12,7 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
-use crate::auth::static_table::StaticToken;
+use crate::auth::{AuthSettings, CacheConfig};
 
 /// Environment variables with this prefix override config keys:
 /// `SCOPEGATE__UPSTREAM__URL` sets `[upstream] url`.
@@ -27,7 +27,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub rules: RulesConfig,
-    pub auth: AuthConfig,
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub cache: CacheConfig,
     #[serde(default)]
     pub log: LogConfig,
     /// Where the file was read from; relative paths resolve against its folder.
@@ -97,15 +99,6 @@ pub struct AdminConfig {
 pub struct RulesConfig {
     /// Relative to the config file; without it the shipped rule set is used.
     pub file: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    pub server_name: ServerName,
-    pub issuer: Option<String>,
-    #[serde(default, rename = "static")]
-    pub static_tokens: Vec<StaticToken>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,24 +247,17 @@ impl FromStr for UpstreamUrl {
 }
 
 /// A Matrix server name (spec appendix "Server name"): host with optional port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerName(pub String);
-
-impl FromStr for ServerName {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = !s.is_empty()
-            && s.len() <= 255
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
-        if valid {
-            Ok(ServerName(s.to_string()))
-        } else {
-            Err(format!(
-                "`{s}` is not a Matrix server name (a host name or IP literal, with an optional port)"
-            ))
-        }
+fn check_server_name(s: &str) -> Result<(), String> {
+    let valid = !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a Matrix server name (a host name or IP literal, with an optional port)"
+        ))
     }
 }
 
@@ -302,7 +288,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(UpstreamUrl, ServerName, TrustedProxy);
+deserialize_from_str!(UpstreamUrl, TrustedProxy);
 
 /// A config problem, located where possible.
 #[derive(Debug)]
@@ -406,6 +392,7 @@ impl Config {
                 "the admin listener must not share the public listener's address".into(),
             ));
         }
+        check_server_name(&self.auth.server_name).map_err(|e| ("server_name", e))?;
         if s.worker_threads == Some(0) {
             return Err(("worker_threads", "must be at least 1".into()));
         }

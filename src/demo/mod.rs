@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::auth::static_table::TokenDigest;
+use crate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
 use crate::config::Config;
 use crate::run;
 
@@ -28,60 +29,64 @@ pub struct DemoArgs {
 pub const ROOM: &str = "!demo:example.org";
 
 /// A demo identity: who it is, what it may do.
-pub struct DemoToken {
+pub struct DemoIdentity {
     pub name: &'static str,
-    pub token: &'static str,
-    pub user_id: &'static str,
-    pub scopes: &'static [&'static str],
+    /// The shell variable the printed commands use for its token.
+    pub var: &'static str,
+    pub user: &'static str,
+    pub scope: &'static str,
 }
 
-pub const TOKENS: &[DemoToken] = &[
-    DemoToken {
+pub const IDENTITIES: &[DemoIdentity] = &[
+    DemoIdentity {
         name: "full access",
-        token: "demo-full-access",
-        user_id: "@alice:example.org",
-        scopes: &["urn:matrix:client:api:*"],
+        var: "FULL",
+        user: "alice",
+        scope: "urn:matrix:client:api:*",
     },
-    DemoToken {
+    DemoIdentity {
         name: "read-only bot",
-        token: "demo-readonly-bot",
-        user_id: "@bot:example.org",
-        scopes: &["scopegate:read"],
+        var: "BOT",
+        user: "bot",
+        scope: "scopegate:read",
     },
-    DemoToken {
+    DemoIdentity {
         name: "widget limited to one room",
-        token: "demo-widget",
-        user_id: "@alice:example.org",
-        scopes: &[
-            "org.matrix.msc2762.timeline:!demo:example.org",
-            "org.matrix.msc2762.send.event:m.room.message",
-        ],
+        var: "WIDGET",
+        user: "alice",
+        scope: "org.matrix.msc2762.timeline:!demo:example.org org.matrix.msc2762.send.event:m.room.message",
     },
 ];
 
-/// The demo's config, as an operator would write it.
-pub fn config_toml(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
-    let mut toml = format!(
+/// The demo's config, as an operator would write it: JWTs from `issuer`.
+pub fn config_toml(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    issuer: &str,
+) -> String {
+    format!(
         "[server]\nlisten = \"{listen}\"\n\n[upstream]\nurl = \"http://{upstream}\"\n\n\
-         [admin]\nlisten = \"{admin}\"\n\n[auth]\nserver_name = \"example.org\"\n"
-    );
-    for t in TOKENS {
-        let digest = hex::encode(TokenDigest::of(t.token).as_bytes());
-        let scopes: Vec<String> = t.scopes.iter().map(|s| format!("\"{s}\"")).collect();
-        toml.push_str(&format!(
-            "\n[[auth.static]]\n# {}\ntoken_sha256 = \"{digest}\"\nuser_id = \"{}\"\nscopes = [{}]\n",
-            t.name,
-            t.user_id,
-            scopes.join(", ")
-        ));
-    }
-    toml
+         [admin]\nlisten = \"{admin}\"\n\n[auth]\nserver_name = \"example.org\"\nissuer = \"{issuer}\"\n\n\
+         [auth.jwt]\nenabled = true\naudiences = [\"{DEMO_AUDIENCE}\"]\n"
+    )
 }
 
 pub async fn run(args: DemoArgs) -> ExitCode {
-    let users: HashMap<String, String> = TOKENS
+    let issuer = match DemoIssuer::start().await {
+        Ok(issuer) => issuer,
+        Err(e) => {
+            eprintln!("error: cannot start the demo issuer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tokens: Vec<(&DemoIdentity, String)> = IDENTITIES
         .iter()
-        .map(|t| (t.token.to_string(), t.user_id.to_string()))
+        .map(|id| (id, issuer.access_token(id.user, id.scope, TOKEN_LIFETIME)))
+        .collect();
+    let users: HashMap<String, String> = tokens
+        .iter()
+        .map(|(id, token)| (token.clone(), format!("@{}:example.org", id.user)))
         .collect();
     let upstream = match StubHomeserver::new(users).start().await {
         Ok(addr) => addr,
@@ -90,7 +95,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let toml = config_toml(args.listen, args.admin_listen, upstream);
+    let toml = config_toml(args.listen, args.admin_listen, upstream, issuer.issuer());
     let prepared = match Config::parse(&toml, Path::new("demo.toml"), std::iter::empty())
         .map_err(|e| e.to_string())
         .and_then(run::prepare)
@@ -101,8 +106,8 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = run::serve(prepared, run::termination_signal(), |bound| {
-        println!("{}", instructions(bound.public, bound.admin));
+    let result = run::serve(prepared, run::termination_signal(), move |bound| {
+        println!("{}", instructions(bound.public, bound.admin, &tokens));
     })
     .await;
     match result {
@@ -114,32 +119,48 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
 }
 
-fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
+const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+fn instructions(
+    public: SocketAddr,
+    admin: SocketAddr,
+    tokens: &[(&DemoIdentity, String)],
+) -> String {
     let room = "%21demo%3Aexample.org";
     let base = format!("http://{public}/_matrix/client/v3");
-    let send = |token: &str, room: &str| {
+    let send = |var: &str, room: &str| {
         format!(
-            "curl -s -X PUT -H 'Authorization: Bearer {token}' -d '{{\"msgtype\":\"m.text\",\"body\":\"hi\"}}' \\\n     {base}/rooms/{room}/send/m.room.message/txn$RANDOM"
+            "curl -s -X PUT -H \"Authorization: Bearer ${var}\" -d '{{\"msgtype\":\"m.text\",\"body\":\"hi\"}}' \\\n     {base}/rooms/{room}/send/m.room.message/txn$RANDOM"
         )
     };
-    let get = |token: &str, path: &str| {
-        format!("curl -s -H 'Authorization: Bearer {token}' {base}/{path}")
+    let get = |var: &str, path: &str| {
+        format!("curl -s -H \"Authorization: Bearer ${var}\" {base}/{path}")
     };
+    let exports: Vec<String> = tokens
+        .iter()
+        .map(|(id, token)| {
+            format!(
+                "# {} ({}): scope \"{}\"\nexport {}={token}",
+                id.name, id.user, id.scope, id.var
+            )
+        })
+        .collect();
     format!(
-        "\nscopegate demo: a stub homeserver behind the gateway on http://{public} (metrics on http://{admin}/metrics)\n\
-         Demo room: {ROOM}. Press Ctrl-C to stop.\n\n\
+        "\nscopegate demo: a stub homeserver behind the gateway on http://{public} (metrics on http://{admin}/metrics).\n\
+         Tokens are RS256 JWTs from an in-process issuer, checked against its JWKS like any provider's.\n\
+         Demo room: {ROOM}. Press Ctrl-C to stop. In another shell:\n\n{}\n\n\
          # No token: 401 M_MISSING_TOKEN\n  curl -s {base}/account/whoami\n\n\
-         # Full access (demo-full-access): 200 with @alice:example.org, then a message sent and seen in /sync\n  {}\n  {}\n  {}\n\n\
-         # Read-only bot (demo-readonly-bot): reading /sync is allowed, sending is 403 M_FORBIDDEN (insufficient_scope)\n  {}\n  {}\n\n\
-         # Widget (demo-widget): may post m.room.message in {ROOM} only; another room is 403 M_FORBIDDEN\n  {}\n  {}\n\n\
-         # An unknown token: 401 M_UNKNOWN_TOKEN\n  {}\n",
-        get("demo-full-access", "account/whoami"),
-        send("demo-full-access", room),
-        get("demo-full-access", "sync"),
-        get("demo-readonly-bot", "sync"),
-        send("demo-readonly-bot", room),
-        send("demo-widget", room),
-        send("demo-widget", "%21other%3Aexample.org"),
-        get("not-a-token", "account/whoami"),
+         # Full access: 200 with @alice:example.org, then a message sent and seen in /sync\n  {}\n  {}\n  {}\n\n\
+         # Read-only bot: reading /sync is allowed, sending is 403 M_FORBIDDEN (insufficient_scope)\n  {}\n  {}\n\n\
+         # Widget: may post m.room.message in {ROOM} only; another room is 403 M_FORBIDDEN\n  {}\n  {}\n\n\
+         # An unknown token: 401 M_UNKNOWN_TOKEN\n  curl -s -H 'Authorization: Bearer not-a-token' {base}/account/whoami\n",
+        exports.join("\n"),
+        get("FULL", "account/whoami"),
+        send("FULL", room),
+        get("FULL", "sync"),
+        get("BOT", "sync"),
+        send("BOT", room),
+        send("WIDGET", room),
+        send("WIDGET", "%21other%3Aexample.org"),
     )
 }

@@ -17,6 +17,7 @@ set -euo pipefail
 E2E="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$E2E/../.." && pwd)"
 export E2E_STATE="$E2E/.state"
+export PYTHONDONTWRITEBYTECODE=1
 CACHE="${E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scopegate-e2e}"
 export E2E_VENV="$CACHE/venv"
 PY="$E2E_VENV/bin/python"
@@ -127,13 +128,25 @@ log "installs and build: $((SECONDS - START))s"
 
 cd "$E2E"
 STACK_START=$SECONDS
-"$PY" -m suite.stack up
+if ! "$PY" -m suite.stack up; then
+    log "the stack did not come up; logs in $E2E_STATE/logs"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
 log "stack up in $((SECONDS - STACK_START))s"
 
-SUITE_STATUS=0
-"$PY" -u -m suite || SUITE_STATUS=$?
-log "total ${SECONDS}s; logs in $E2E_STATE/logs"
-if ((SUITE_STATUS > 1)); then
-    echo "0 passed, 1 failed"  # the runner itself broke
+set +e
+"$PY" -u -m suite 2>&1 | tee "$E2E_STATE/suite.log"
+SUITE_STATUS=${PIPESTATUS[0]}
+set -e
+SUMMARY="$(tail -n 1 "$E2E_STATE/suite.log")"
+if [[ ! "$SUMMARY" =~ ^[0-9]+\ passed,\ [0-9]+\ failed$ ]]; then
+    SUMMARY="0 passed, 1 failed"  # the runner itself broke
+    ((SUITE_STATUS)) || SUITE_STATUS=1
 fi
+if [[ "${E2E_KEEP:-}" != 1 ]]; then
+    stop_stack
+fi
+log "total $((SECONDS - START))s; logs in $E2E_STATE/logs"
+echo "$SUMMARY"
 exit "$SUITE_STATUS"

@@ -206,7 +206,7 @@ async def legacy_whoami_validation():
 
 
 @scenario("4 widget token: posts m.room.message into room A only; everything else 403 insufficient_scope",
-          pending=RULES)
+          )
 async def widget_token():
     # Restricted tokens reach Synapse only as a token Synapse accepts: here a real
     # syt_ session of alice's, listed in scopegate with the widget's scopes. (With
@@ -249,7 +249,7 @@ async def widget_token():
 # ================================================================== 5
 
 
-@scenario("5 read-only bot: reads rooms and messages, refused on every write", pending=RULES)
+@scenario("5 read-only bot: reads rooms and messages, refused on every write")
 async def read_only_bot():
     s = S()
     owner, owner_dev = await asyncio.to_thread(fx.legacy_token, "bob")

@@ -1,0 +1,296 @@
+//! Validated tokens, so most requests cost a hash and a map lookup instead of
+//! a signature check or a provider round trip.
+//!
+//! - The key is the token's SHA-256 plus the profile (validator and issuer)
+//!   that judged it: a token vouched for by one profile is never found under
+//!   another (Oathkeeper GHSA-4mq7-pvjg-xp2r).
+//! - The value is what the token *is* (an [`Identity`], or "invalid"), never
+//!   whether a route is allowed: scope rules run after the lookup on every
+//!   request (Oathkeeper CVE-2021-32701).
+//! - An entry lives no longer than the token, nor than `max_ttl`; a refusal
+//!   lives `negative_ttl`. Provider errors are never stored.
+//! - Concurrent misses for one key share one validation.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::future::Cache;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+
+use super::config::CacheConfig;
+use super::static_table::TokenDigest;
+use super::{AuthError, Identity};
+
+/// Which validator, with which issuer or endpoint, judged a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Profile(u64);
+
+impl Profile {
+    /// From a description such as `jwt iss=https://id.example.org aud=matrix`.
+    pub(crate) fn new(description: &str) -> Self {
+        let digest = Sha256::digest(description.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Profile(u64::from_be_bytes(first))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CacheKey {
+    token: TokenDigest,
+    profile: Profile,
+}
+
+impl CacheKey {
+    pub(crate) fn new(token: &str, profile: Profile) -> Self {
+        CacheKey {
+            token: TokenDigest::of(token),
+            profile,
+        }
+    }
+}
+
+/// What a validator concluded about a token.
+#[derive(Debug, Clone)]
+pub(crate) enum Verdict {
+    Valid(Arc<Identity>),
+    Invalid { soft_logout: bool },
+}
+
+impl Verdict {
+    pub(crate) fn into_result(self) -> Result<Arc<Identity>, AuthError> {
+        match self {
+            Verdict::Valid(identity) => Ok(identity),
+            Verdict::Invalid { soft_logout } => Err(AuthError::Invalid { soft_logout }),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct TokenCache {
+    entries: Cache<CacheKey, Verdict>,
+}
+
+impl TokenCache {
+    pub(crate) fn new(cfg: &CacheConfig) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(cfg.capacity)
+            .expire_after(Lifetime {
+                max_ttl: cfg.max_ttl(),
+                negative_ttl: cfg.negative_ttl(),
+            })
+            .support_invalidation_closures()
+            .build();
+        TokenCache { entries }
+    }
+
+    /// The cached verdict, or `validate`'s, shared with concurrent callers for
+    /// the same key. `validate`'s `Err` is an outcome that must not be cached
+    /// (the provider failed, or a refusal that may not hold a moment later).
+    /// The flag says whether the cache answered.
+    pub(crate) async fn get_or_validate(
+        &self,
+        key: CacheKey,
+        validate: impl Future<Output = Result<Verdict, AuthError>>,
+    ) -> (Result<Verdict, AuthError>, bool) {
+        if let Some(v) = self.entries.get(&key).await {
+            return (Ok(v), true);
+        }
+        let result = self
+            .entries
+            .try_get_with(key, validate)
+            .await
+            .map_err(|e| *e);
+        (result, false)
+    }
+
+    pub(crate) async fn evict(&self, key: &CacheKey) {
+        self.entries.invalidate(key).await;
+    }
+
+    /// Remembers `key` as invalid for the negative TTL, whatever was cached.
+    pub(crate) async fn refuse(&self, key: CacheKey) {
+        self.entries
+            .insert(key, Verdict::Invalid { soft_logout: false })
+            .await;
+    }
+
+    /// Every valid token of `user_id` is gone for readers from now on; moka
+    /// removes them in the background.
+    pub(crate) fn evict_user(&self, user_id: &str) {
+        let user_id = user_id.to_string();
+        let registered = self.entries.invalidate_entries_if(
+            move |_, v| matches!(v, Verdict::Valid(identity) if identity.user_id == user_id),
+        );
+        if registered.is_err() {
+            // Only possible without support_invalidation_closures(); never drop a logout.
+            self.entries.invalidate_all();
+        }
+    }
+
+    pub(crate) fn evict_all(&self) {
+        self.entries.invalidate_all();
+    }
+
+    /// Approximate until pending maintenance has run.
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    pub(crate) async fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks().await;
+    }
+}
+
+struct Lifetime {
+    max_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Lifetime {
+    fn of(&self, value: &Verdict) -> Duration {
+        match value {
+            Verdict::Invalid { .. } => self.negative_ttl,
+            Verdict::Valid(identity) => match identity.expires_at {
+                // Never outlive the token itself.
+                Some(at) => at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(self.max_ttl),
+                None => self.max_ttl,
+            },
+        }
+    }
+}
+
+impl Expiry<CacheKey, Verdict> for Lifetime {
+    fn expire_after_create(&self, _: &CacheKey, value: &Verdict, _: Instant) -> Option<Duration> {
+        Some(self.of(value))
+    }
+
+    /// A replaced entry (a revocation over a valid token) gets its own lifetime,
+    /// not what was left of the old one.
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        value: &Verdict,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.of(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scopes::ScopeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn identity(user: &str, expires_in: Option<Duration>) -> Arc<Identity> {
+        Arc::new(Identity {
+            user_id: user.into(),
+            device_id: None,
+            client_id: None,
+            scopes: ScopeSet::default(),
+            expires_at: expires_in.map(|d| SystemTime::now() + d),
+            source: "test",
+        })
+    }
+
+    fn cache() -> TokenCache {
+        TokenCache::new(&CacheConfig::default())
+    }
+
+    #[tokio::test]
+    async fn a_token_under_another_profile_is_a_miss() {
+        let c = cache();
+        let a = CacheKey::new("tok", Profile::new("jwt iss=a"));
+        let b = CacheKey::new("tok", Profile::new("jwt iss=b"));
+        let valid = Verdict::Valid(identity("@u:x", None));
+        let (r, hit) = c.get_or_validate(a, async { Ok(valid) }).await;
+        assert!(r.is_ok() && !hit);
+        let (r, hit) = c
+            .get_or_validate(a, async { Err(AuthError::Unavailable) })
+            .await;
+        assert!(r.is_ok() && hit);
+        let (r, hit) = c
+            .get_or_validate(b, async { Err(AuthError::Unavailable) })
+            .await;
+        assert!(r.is_err() && !hit, "b must not see a's verdict");
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached() {
+        let c = cache();
+        let k = CacheKey::new("tok", Profile::new("p"));
+        let calls = AtomicUsize::new(0);
+        for _ in 0..2 {
+            let (r, _) = c
+                .get_or_validate(k, async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(AuthError::Unavailable)
+                })
+                .await;
+            assert!(r.is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn lifetime_is_bounded_by_the_token_and_the_config() {
+        let l = Lifetime {
+            max_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        };
+        let k = CacheKey::new("t", Profile::new("p"));
+        let now = Instant::now();
+        let ttl = |v: Verdict| l.expire_after_create(&k, &v, now).unwrap();
+        assert_eq!(
+            ttl(Verdict::Invalid { soft_logout: false }),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            ttl(Verdict::Valid(identity("@u:x", None))),
+            Duration::from_secs(60)
+        );
+        let short = ttl(Verdict::Valid(identity(
+            "@u:x",
+            Some(Duration::from_secs(5)),
+        )));
+        assert!(short <= Duration::from_secs(5) && short > Duration::from_secs(4));
+        let long = ttl(Verdict::Valid(identity(
+            "@u:x",
+            Some(Duration::from_secs(3600)),
+        )));
+        assert_eq!(long, Duration::from_secs(60));
+        let past = identity("@u:x", None);
+        let past = Arc::new(Identity {
+            expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
+            ..(*past).clone()
+        });
+        assert_eq!(ttl(Verdict::Valid(past)), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn evict_user_leaves_other_users() {
+        let c = cache();
+        let p = Profile::new("p");
+        for (tok, user) in [("a1", "@a:x"), ("a2", "@a:x"), ("b1", "@b:x")] {
+            let v = Verdict::Valid(identity(user, None));
+            c.get_or_validate(CacheKey::new(tok, p), async { Ok(v) })
+                .await
+                .0
+                .unwrap();
+        }
+        c.evict_user("@a:x");
+        for (tok, cached) in [("a1", false), ("a2", false), ("b1", true)] {
+            let (_, hit) = c
+                .get_or_validate(CacheKey::new(tok, p), async { Err(AuthError::Unavailable) })
+                .await;
+            assert_eq!(hit, cached, "{tok}");
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The admin listener, on its own address so it is never exposed with the
 //! public one: metrics for Prometheus, liveness and readiness for
-//! orchestrators.
+//! orchestrators, and token-cache eviction for operators. It has no
+//! authentication of its own: bind it to loopback or a private network.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -43,7 +44,7 @@ impl Admin {
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.respond(req)) }
+                    async move { Ok::<_, Infallible>(admin.respond(req).await) }
                 });
                 let _ = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -54,8 +55,9 @@ impl Admin {
         }
     }
 
-    fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
+            (&Method::POST, "/cache/evict") => self.evict(req).await,
             (&Method::GET, "/metrics") => {
                 let body = self.gateway.metrics.render();
                 text(StatusCode::OK, "text/plain; version=0.0.4", body)
@@ -74,6 +76,59 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
+    }
+}
+
+/// `POST /cache/evict` with one of `{"token": "…"}`, `{"user_id": "@…"}`
+/// or `{"all": true}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Eviction {
+    token: Option<String>,
+    user_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl Admin {
+    async fn evict(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        const LIMIT: usize = 64 * 1024;
+        let body = match Limited::new(req.into_body(), LIMIT).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "text/plain",
+                    "body too large\n",
+                )
+            }
+        };
+        let auth = self.gateway.authenticator();
+        let evicted = match serde_json::from_slice::<Eviction>(&body) {
+            Ok(Eviction { token: Some(token), user_id: None, all: false }) => {
+                auth.evict_token(&token).await;
+                "token"
+            }
+            Ok(Eviction { token: None, user_id: Some(user), all: false }) => {
+                auth.evict_user(&user);
+                "user"
+            }
+            Ok(Eviction { token: None, user_id: None, all: true }) => {
+                auth.evict_all();
+                "all"
+            }
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "expected one of {\"token\": \"…\"}, {\"user_id\": \"@user:server\"}, {\"all\": true}\n",
+                )
+            }
+        };
+        auth.run_pending_tasks().await;
+        tracing::info!(evicted, "cache eviction requested on the admin listener");
+        let body = serde_json::json!({"evicted": evicted, "entries": auth.entry_count()});
+        text(StatusCode::OK, "application/json", body.to_string())
     }
 }
 

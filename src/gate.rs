@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::auth::extract::{self, Credential};
-use crate::auth::{AuthError, Authenticator, Identity, InvalidTokenLimiter};
+use crate::auth::{AuthError, Authenticator, Identity};
 use crate::canonical::canonicalize;
 use crate::metrics::Metrics;
 use crate::proxy::body::{ConnActivity, GateBody, InFlight};
@@ -48,7 +48,6 @@ pub struct Settings {
 pub struct Gateway {
     rules: ArcSwap<RuleSet>,
     auth: Authenticator,
-    limiter: InvalidTokenLimiter,
     upstream: Upstream,
     settings: Settings,
     pub metrics: Arc<Metrics>,
@@ -102,7 +101,6 @@ impl Gateway {
     pub fn new(
         rules: RuleSet,
         auth: Authenticator,
-        limiter: InvalidTokenLimiter,
         upstream: Upstream,
         settings: Settings,
         metrics: Arc<Metrics>,
@@ -110,7 +108,6 @@ impl Gateway {
         Gateway {
             rules: ArcSwap::from_pointee(rules),
             auth,
-            limiter,
             upstream,
             settings,
             metrics,
@@ -225,21 +222,14 @@ impl Gateway {
             }
             Err(e) => return Err(Refusal::MissingToken(e.message())),
         };
-        // Clients that keep presenting invalid tokens are slowed down before
-        // they can make the identity provider do work.
         let client = self.client_ip(req.headers(), conn.peer.ip());
-        if let Err(retry) = self.limiter.check(client) {
-            return Err(Refusal::RateLimited {
-                retry_after_s: retry.as_secs().max(1),
-            });
-        }
-        match self.auth.authenticate(&token).await {
+        match self.auth.authenticate_from(&token, client).await {
             Ok(identity) => Ok((identity, token)),
-            Err(AuthError::Invalid { soft_logout }) => {
-                self.limiter.record_invalid(client);
-                Err(Refusal::UnknownToken { soft_logout })
-            }
+            Err(AuthError::Invalid { soft_logout }) => Err(Refusal::UnknownToken { soft_logout }),
             Err(AuthError::Unavailable) => Err(Refusal::ProviderUnavailable),
+            Err(AuthError::RateLimited { retry_after }) => Err(Refusal::RateLimited {
+                retry_after_s: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            }),
         }
     }
 

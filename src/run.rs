@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Admin};
-use crate::auth::{Authenticator, InvalidTokenLimiter};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::gate::{Gateway, Settings};
 use crate::metrics::Metrics;
@@ -39,8 +39,6 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         &config.upstream.url.0,
         &metrics.registry,
     )?;
-    let limiter = InvalidTokenLimiter::new(&config.auth.rate_limit);
-    limiter.register_metrics(&metrics.registry)?;
     let ca_file = config.upstream.ca_file.as_ref().map(|p| config.resolve(p));
     let upstream = Upstream::new(&config.upstream, ca_file.as_deref())?;
     let settings = Settings {
@@ -55,9 +53,7 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         )?),
         _ => None,
     };
-    let gateway = Arc::new(Gateway::new(
-        rules, auth, limiter, upstream, settings, metrics,
-    ));
+    let gateway = Arc::new(Gateway::new(rules, auth, upstream, settings, metrics));
     Ok(Prepared {
         config,
         gateway,

@@ -25,20 +25,26 @@ async fn demo_tokens_behave_as_printed() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let printed = tokio::task::spawn_blocking(move || {
+    // Keep reading to the end, so the demo never writes into a closed pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut text = String::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             text.push_str(&line);
             text.push('\n');
             if line.contains("M_UNKNOWN_TOKEN") {
-                break;
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(text.clone());
+                }
             }
         }
-        text
-    })
-    .await
-    .unwrap();
+    });
+    let printed =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(20)))
+            .await
+            .unwrap()
+            .expect("the demo printed its instructions");
     assert!(printed.contains(&format!(
         "curl -s http://{listen}/_matrix/client/v3/account/whoami"
     )));

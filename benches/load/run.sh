@@ -30,7 +30,8 @@ PIN=on              # on | off | both: generator on CPU 0, servers on CPU 1
 WORKERS=1           # worker processes/threads of each proxy (and of the upstream stub)
 JWT=auto            # auto | on | off: scopegate [auth.jwt] (5a, 5b)
 INTRO=auto          # auto | on | off: scopegate [auth.introspection] (5c)
-SG_LOG=info         # scopegate [log] level while measured
+SG_LOG=warn         # scopegate [log] level: warn = no access log, as nginx and HAProxy here
+LOG_CONTENDER=1     # also measure scopegate with its access log on (level info)
 PORT_BASE=18080
 BUDGET=270          # seconds of measuring, build excluded
 POOL=1024           # distinct JWTs for the uncached contender
@@ -62,10 +63,12 @@ usage: benches/load/run.sh [compare|longpoll|flood|all] [options]
   --workers N         workers of each proxy and of the upstream stub (default $WORKERS)
   --jwt auto|on|off   scopegate validates JWTs ([auth.jwt]); auto = if the binary has it
   --introspection auto|on|off   likewise for [auth.introspection]
-  --only IDS          e.g. nginx,sg_a (ids: direct nginx authreq haproxy sg_a sg_b sg_c)
+  --only IDS          e.g. nginx,sg_a (ids: direct nginx authreq haproxy sg_a sg_log sg_b sg_c)
   --authreq proxied|inline   nginx auth_request's subrequest: proxied to an nginx
                       auth server (default, as deployed) or answered inside nginx
-  --log-level L       scopegate's [log] level while measured (default $SG_LOG)
+  --log-level L       scopegate's [log] level while measured (default $SG_LOG: no access
+                      log, like the nginx and HAProxy contenders)
+  --no-log-contender  skip the extra run of scopegate with its access log on
   --port-base P       ports P..P+29 on 127.0.0.1 (default $PORT_BASE)
   --budget S          stop starting runs after S seconds of measuring (default $BUDGET)
   --pool N            distinct JWTs for the uncached contender (default $POOL)
@@ -100,6 +103,7 @@ while (($#)); do
     --only) ONLY=$2; shift ;;
     --authreq) AUTHREQ=$2; shift ;;
     --log-level) SG_LOG=$2; shift ;;
+    --no-log-contender) LOG_CONTENDER=0 ;;
     --port-base) PORT_BASE=$2; shift ;;
     --budget) BUDGET=$2; shift ;;
     --pool) POOL=$2; shift ;;
@@ -297,8 +301,9 @@ P_SG_LP=$((PORT_BASE + 9))
 P_NGX_LP=$((PORT_BASE + 10))
 P_SG_FL=$((PORT_BASE + 11))
 P_AUTHSVC=$((PORT_BASE + 12)) # the auth service of nginx auth_request
+P_SG_LOG=$((PORT_BASE + 13))
 ADMIN_OFF=10               # each scopegate's admin port: its port + 10
-for p in $(seq "$PORT_BASE" $((PORT_BASE + 21))); do
+for p in $(seq "$PORT_BASE" $((PORT_BASE + 29))); do
   port_free "$p" || die "127.0.0.1:$p is in use; pick another --port-base"
 done
 
@@ -468,7 +473,7 @@ backend homeserver
 EOF
 }
 
-# write_sg NAME PORT VARIANT [UPSTREAM_PORT] [EXTRA_TOML]
+# write_sg NAME PORT VARIANT [UPSTREAM_PORT] [EXTRA_TOML] (LOG_LEVEL overrides the level)
 # VARIANT: static | jwt | jwt-uncached | introspection | check-jwt | check-introspection
 write_sg() {
   local name=$1 port=$2 variant=$3 up=${4:-$P_UP} extra=${5:-}
@@ -491,7 +496,7 @@ pool_max_idle_per_host = 512
 listen = "127.0.0.1:$((port + ADMIN_OFF))"
 
 [log]
-level = "$SG_LOG"
+level = "${LOG_LEVEL:-$SG_LOG}"
 
 [auth]
 server_name = "bench.localhost"
@@ -788,6 +793,14 @@ compare() {
     fi
     start_sg sg_a "$cfg" "$P_SG_A"
   fi
+  if ((LOG_CONTENDER)) && wanted sg_log; then
+    # the same as sg_a, with the access log on (one line per request, to a file)
+    local variant=static label="static token"
+    [[ $JWT_ON == on ]] && variant=jwt label="JWT, cached"
+    cfg=$(LOG_LEVEL=info write_sg sg_log "$P_SG_LOG" "$variant")
+    add sg_log "scopegate, $label, access log on" "$P_SG_LOG" "$one" sg_log $((P_SG_LOG + ADMIN_OFF))
+    start_sg sg_log "$cfg" "$P_SG_LOG"
+  fi
   if [[ $JWT_ON == on ]] && wanted sg_b; then
     # a cache of one entry and 1024 tokens in turn: every request is validated
     cfg=$(write_sg sg_b "$P_SG_B" jwt-uncached)
@@ -895,7 +908,7 @@ compare() {
   ((WRITE_DOC)) && args+=(--doc "$ROOT/docs/performance.md" --png "$ROOT/docs/performance.png")
   "$PY" "$HERE/report.py" "${args[@]}"
 
-  for id in nginx-proxy haproxy sg_a sg_b sg_c intro nginx-up; do stop "$id"; done
+  for id in nginx-proxy haproxy sg_a sg_log sg_b sg_c intro nginx-up; do stop "$id"; done
 }
 
 # ================================================================== longpoll

@@ -86,24 +86,36 @@ impl TokenCache {
         TokenCache { entries }
     }
 
-    /// The cached verdict, or `validate`'s, shared with concurrent callers for
+    /// (Tests.) The cached verdict, or `validate`'s, shared with concurrent callers for
     /// the same key. `validate`'s `Err` is an outcome that must not be cached
     /// (the provider failed, or a refusal that may not hold a moment later).
     /// The flag says whether the cache answered.
+    #[cfg(test)]
     pub(crate) async fn get_or_validate(
         &self,
         key: CacheKey,
         validate: impl Future<Output = Result<Verdict, AuthError>>,
     ) -> (Result<Verdict, AuthError>, bool) {
-        if let Some(v) = self.entries.get(&key).await {
+        if let Some(v) = self.cached(&key).await {
             return (Ok(v), true);
         }
-        let result = self
-            .entries
+        (self.validate_shared(key, validate).await, false)
+    }
+
+    pub(crate) async fn cached(&self, key: &CacheKey) -> Option<Verdict> {
+        self.entries.get(key).await
+    }
+
+    /// `validate`'s verdict, cached; concurrent callers for one key share it.
+    pub(crate) async fn validate_shared(
+        &self,
+        key: CacheKey,
+        validate: impl Future<Output = Result<Verdict, AuthError>>,
+    ) -> Result<Verdict, AuthError> {
+        self.entries
             .try_get_with(key, validate)
             .await
-            .map_err(|e| *e);
-        (result, false)
+            .map_err(|e| *e)
     }
 
     pub(crate) async fn evict(&self, key: &CacheKey) {

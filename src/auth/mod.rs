@@ -66,6 +66,8 @@ pub enum AuthError {
     Invalid { soft_logout: bool },
     /// The identity provider could not answer: 503, fail closed.
     Unavailable,
+    /// The client sent too many invalid tokens: 429 `M_LIMIT_EXCEEDED`.
+    RateLimited { retry_after: Duration },
 }
 
 /// The gateway's `authenticate` phase calls this; sources are consulted in a
@@ -77,6 +79,7 @@ pub struct Authenticator {
     introspection: Option<Validator<Introspector>>,
     legacy: Option<Validator<LegacyValidator>>,
     cache: TokenCache,
+    limiter: InvalidTokenLimiter,
     metrics: Arc<AuthMetrics>,
 }
 
@@ -152,6 +155,8 @@ impl Authenticator {
         // Only now that the whole config is accepted: metrics, background work.
         let for_gauge = token_cache.clone();
         metrics.register(registry, move || for_gauge.entry_count())?;
+        let limiter = InvalidTokenLimiter::new(&cfg.rate_limit);
+        limiter.register_metrics(registry)?;
         if let Some(jwt) = &jwt {
             jwt.inner.warm_up();
         }
@@ -166,24 +171,67 @@ impl Authenticator {
             introspection,
             legacy,
             cache: token_cache,
+            limiter,
             metrics,
         })
     }
 
+    /// Validates `token` for a caller not subject to the invalid-token limit
+    /// (the homeserver asking the introspection relay, tests).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        self.authenticate_inner(token, None).await
+    }
+
+    /// Validates a token a client presented. Cache hits cost the provider
+    /// nothing and pass; anything else first checks the client's budget of
+    /// invalid tokens, and an invalid token spends from it.
+    pub async fn authenticate_from(
+        &self,
+        token: &str,
+        client: std::net::IpAddr,
+    ) -> Result<Arc<Identity>, AuthError> {
+        self.authenticate_inner(token, Some(client)).await
+    }
+
+    async fn authenticate_inner(
+        &self,
+        token: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Arc<Identity>, AuthError> {
         if let Some(identity) = self.static_table.lookup(token) {
             self.metrics.validated("static", "valid");
             return Ok(identity);
         }
+        let admit = || match client {
+            Some(ip) => self
+                .limiter
+                .check(ip)
+                .map_err(|retry_after| AuthError::RateLimited { retry_after }),
+            None => Ok(()),
+        };
+        let spend = |result: &Result<Arc<Identity>, AuthError>| {
+            if let (Some(ip), Err(AuthError::Invalid { .. })) = (client, result) {
+                self.limiter.record_invalid(ip);
+            }
+        };
         let (chosen, profile) = match self.route(token) {
             Ok(found) => found,
             Err(reason) => {
+                admit()?;
                 tracing::debug!(reason, token = %short_hash(token), "token refused offline");
                 self.metrics.validated("precheck", "invalid");
-                return Err(AuthError::Invalid { soft_logout: false });
+                let result = Err(AuthError::Invalid { soft_logout: false });
+                spend(&result);
+                return result;
             }
         };
         let key = CacheKey::new(token, profile);
+        if let Some(verdict) = self.cache.cached(&key).await {
+            self.metrics.cache_hits.inc();
+            return verdict.into_result();
+        }
+        admit()?;
+        self.metrics.cache_misses.inc();
         let validate = async {
             let verdict = match chosen {
                 Chosen::Jwt(v) => v.validate(token).await,
@@ -195,20 +243,18 @@ impl Authenticator {
                 Ok(Verdict::Invalid { .. }) => "invalid",
                 Err(AuthError::Invalid { .. }) => "invalid",
                 Err(AuthError::Unavailable) => "unavailable",
+                Err(AuthError::RateLimited { .. }) => "rate_limited",
             };
             self.metrics.validated(chosen.name(), result);
             verdict
         };
-        let (result, hit) = self.cache.get_or_validate(key, validate).await;
-        if hit {
-            self.metrics.cache_hits.inc();
-        } else {
-            self.metrics.cache_misses.inc();
-        }
-        match result {
-            Ok(verdict) => verdict.into_result(),
-            Err(e) => Err(e),
-        }
+        let result = self
+            .cache
+            .validate_shared(key, validate)
+            .await
+            .and_then(Verdict::into_result);
+        spend(&result);
+        result
     }
 
     /// The next request with `token` is validated afresh (after a logout).

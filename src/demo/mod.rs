@@ -5,6 +5,7 @@
 mod homeserver;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -107,7 +108,12 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         }
     };
     let result = run::serve(prepared, run::termination_signal(), move |bound| {
-        println!("{}", instructions(bound.public, bound.admin, &tokens));
+        // A closed stdout (`scopegate demo | head`) must not stop the demo.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            instructions(bound.public, bound.admin, &tokens)
+        );
     })
     .await;
     match result {

@@ -1,0 +1,215 @@
+//! Token validation in the running gateway: introspected tokens are cached,
+//! logouts evict them, a provider outage fails closed for new tokens only,
+//! floods of bad tokens meet 429, and operators can evict by hand.
+
+mod auth_common;
+mod common;
+
+use std::time::Duration;
+
+use auth_common::{mas_access_token, mas_stub, Stub};
+use common::*;
+use http::Request;
+
+fn introspection(stub: &Stub, extra: &str) -> String {
+    format!(
+        "[auth.introspection]\nenabled = true\nendpoint = \"{}/oauth2/introspect\"\n\
+         auth_method = \"bearer\"\nclient_secret = \"s3cret\"\n\n[cache]\nnegative_ttl_s = 1\n{extra}",
+        stub.url
+    )
+}
+
+async fn whoami(gate: &Gate, token: &str) -> (u16, serde_json::Value) {
+    let (parts, body) = get(gate.addr, "/_matrix/client/v3/account/whoami", Some(token)).await;
+    let value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json(&body)
+    };
+    (parts.status.as_u16(), value)
+}
+
+async fn post(gate: &Gate, path: &str, token: &str) -> u16 {
+    let req = Request::post(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(full("{}"))
+        .unwrap();
+    send(gate.addr, req).await.0.status.as_u16()
+}
+
+#[tokio::test]
+async fn logout_through_the_gateway_evicts_the_token_at_once() {
+    let provider = mas_stub(|_| true).await;
+    let gate = GateBuilder::new()
+        .rest(&introspection(&provider, ""))
+        .start(ok_stub().await)
+        .await;
+    let token = mas_access_token();
+
+    assert_eq!(whoami(&gate, &token).await.0, 200);
+    assert_eq!(whoami(&gate, &token).await.0, 200);
+    assert_eq!(
+        provider.calls(),
+        1,
+        "the second request is answered from cache"
+    );
+
+    assert_eq!(post(&gate, "/_matrix/client/v3/logout", &token).await, 200);
+    let (status, body) = whoami(&gate, &token).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNKNOWN_TOKEN"))
+    );
+    assert_eq!(
+        provider.calls(),
+        1,
+        "refused without asking the provider, which still says active"
+    );
+
+    // After the negative TTL the provider is asked again.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(whoami(&gate, &token).await.0, 200);
+    assert_eq!(provider.calls(), 2);
+}
+
+#[tokio::test]
+async fn logout_all_evicts_every_token_of_the_user() {
+    let provider = mas_stub(|_| true).await; // every token is alice's
+    let gate = GateBuilder::new()
+        .rest(&introspection(&provider, ""))
+        .start(ok_stub().await)
+        .await;
+    let (phone, laptop) = (mas_access_token(), mas_access_token());
+    assert_eq!(whoami(&gate, &phone).await.0, 200);
+    assert_eq!(whoami(&gate, &laptop).await.0, 200);
+    assert_eq!(provider.calls(), 2);
+
+    assert_eq!(
+        post(&gate, "/_matrix/client/v3/logout/all", &phone).await,
+        200
+    );
+    assert_eq!(whoami(&gate, &laptop).await.0, 200);
+    assert_eq!(
+        provider.calls(),
+        3,
+        "the other session's token was validated afresh"
+    );
+}
+
+#[tokio::test]
+async fn provider_outage_fails_closed_for_new_tokens_only() {
+    let provider = mas_stub(|_| true).await;
+    let gate = GateBuilder::new()
+        .rest(&introspection(&provider, ""))
+        .start(ok_stub().await)
+        .await;
+    let cached = mas_access_token();
+    assert_eq!(whoami(&gate, &cached).await.0, 200);
+
+    provider.set_down(true);
+    let (status, body) = whoami(&gate, &mas_access_token()).await;
+    assert_eq!((status, body["errcode"].as_str()), (503, Some("M_UNKNOWN")));
+    assert_eq!(
+        whoami(&gate, &cached).await.0,
+        200,
+        "cached tokens keep working"
+    );
+
+    provider.set_down(false);
+    assert_eq!(
+        whoami(&gate, &mas_access_token()).await.0,
+        200,
+        "service resumes"
+    );
+    let metrics = gate.metrics().await;
+    assert!(
+        metrics.contains(r#"decision="provider_error""#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_invalid_tokens_meets_429_but_valid_cached_tokens_pass() {
+    let good = mas_access_token();
+    let known = good.clone();
+    let provider = mas_stub(move |t| t == known).await;
+    let gate = GateBuilder::new()
+        .rest(&introspection(&provider, ""))
+        .rest("[auth.rate_limit]\nburst = 3\nper_minute = 6")
+        .start(ok_stub().await)
+        .await;
+    assert_eq!(whoami(&gate, &good).await.0, 200);
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..10 {
+        let (parts, body) = get(
+            gate.addr,
+            "/_matrix/client/v3/account/whoami",
+            Some(&mas_access_token()),
+        )
+        .await;
+        if parts.status == 429 {
+            assert_eq!(json(&body)["errcode"], "M_LIMIT_EXCEEDED");
+            retry_after = parts
+                .headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+        }
+        statuses.push(parts.status.as_u16());
+    }
+    assert_eq!(&statuses[..3], &[401, 401, 401], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(
+        provider.calls(),
+        4,
+        "the provider saw the good token and the budget"
+    );
+    assert_eq!(
+        whoami(&gate, &good).await.0,
+        200,
+        "a cached valid token still passes"
+    );
+    assert_eq!(
+        whoami(&gate, FULL_TOKEN).await.0,
+        200,
+        "so does a static one"
+    );
+    assert!(gate
+        .metrics()
+        .await
+        .contains("scopegate_rate_limited_requests_total 7"));
+}
+
+#[tokio::test]
+async fn admin_eviction_forces_revalidation() {
+    let provider = mas_stub(|_| true).await;
+    let gate = GateBuilder::new()
+        .rest(&introspection(&provider, ""))
+        .start(ok_stub().await)
+        .await;
+    let token = mas_access_token();
+    assert_eq!(whoami(&gate, &token).await.0, 200);
+    assert_eq!(provider.calls(), 1);
+
+    let evict = |body: String| {
+        let req = Request::post("/cache/evict").body(full(body)).unwrap();
+        send(gate.admin, req)
+    };
+    let (parts, body) = evict(serde_json::json!({ "token": token }).to_string()).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(json(&body)["evicted"], "token");
+    assert_eq!(whoami(&gate, &token).await.0, 200);
+    assert_eq!(provider.calls(), 2);
+
+    let (parts, _) = evict(r#"{"user_id":"@alice:example.org"}"#.into()).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(whoami(&gate, &token).await.0, 200);
+    assert_eq!(provider.calls(), 3);
+
+    let (parts, body) = evict(r#"{"all":true}"#.into()).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(json(&body)["entries"], 0);
+    let (parts, _) = evict(r#"{"token":"a","all":true}"#.into()).await;
+    assert_eq!(parts.status, 400);
+}

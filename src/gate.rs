@@ -123,6 +123,11 @@ impl Gateway {
         &self.upstream
     }
 
+    /// The rule set serving now.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth
     }

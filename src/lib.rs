@@ -11,6 +11,7 @@ pub mod demo;
 pub mod gate;
 pub mod metrics;
 pub mod proxy;
+pub mod relay;
 pub mod reload;
 pub mod run;
 pub mod scopes;

@@ -16,6 +16,7 @@ use crate::gate::{Gateway, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, Limits};
 use crate::proxy::upstream::Upstream;
+use crate::relay::Relay;
 use crate::reload;
 use crate::scopes::RuleSet;
 
@@ -24,6 +25,7 @@ use crate::scopes::RuleSet;
 pub struct Prepared {
     pub config: Config,
     pub gateway: Arc<Gateway>,
+    relay: Option<Arc<Relay>>,
     /// What the rule check found worth saying, though not fatal.
     pub warnings: Vec<String>,
     tls: Option<TlsAcceptor>,
@@ -31,7 +33,7 @@ pub struct Prepared {
 
 pub fn prepare(config: Config) -> Result<Prepared, String> {
     let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
-    let (rules, warnings) = load_rules(rules_file.as_deref())?;
+    let (rules, mut warnings) = load_rules(rules_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let auth = Authenticator::from_config(
         &config.auth,
@@ -53,10 +55,34 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         )?),
         _ => None,
     };
+    let registry = metrics.registry.clone();
     let gateway = Arc::new(Gateway::new(rules, auth, upstream, settings, metrics));
+    let relay = match &config.relay {
+        None => None,
+        Some(relay) => {
+            if relay.widen_restricted_tokens {
+                warnings.push(format!(
+                    "warning: [relay] widen_restricted_tokens is on: the homeserver will accept narrow tokens \
+                     as full access, so its client API ({}) must be reachable only through scopegate \
+                     (see docs/relay.md)",
+                    config.upstream.url.0
+                ));
+            }
+            let secret = relay.secret(&config.base_dir)?;
+            Some(Arc::new(Relay::new(
+                relay,
+                secret,
+                &config.auth.server_name,
+                config.auth.issuer.as_deref(),
+                gateway.clone(),
+                &registry,
+            )?))
+        }
+    };
     Ok(Prepared {
         config,
         gateway,
+        relay,
         warnings,
         tls,
     })
@@ -90,6 +116,7 @@ pub async fn serve(
     let Prepared {
         config,
         gateway,
+        relay,
         warnings,
         tls,
     } = prepared;
@@ -102,6 +129,14 @@ pub async fn serve(
     let admin_listener = listener::bind(config.admin.listen, "admin.listen")
         .await
         .map_err(|e| e.to_string())?;
+    let relay_listener = match &config.relay {
+        Some(relay) => Some(
+            listener::bind(relay.listen, "relay.listen")
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let bound = Bound {
         public: public.local_addr().map_err(|e| e.to_string())?,
         admin: admin_listener.local_addr().map_err(|e| e.to_string())?,
@@ -122,6 +157,9 @@ pub async fn serve(
         readiness_window: probe_every * 3,
     });
     tokio::spawn(admin.serve(admin_listener, stop_rx.clone()));
+    if let (Some(relay), Some(listener)) = (relay, relay_listener) {
+        tokio::spawn(relay.serve(listener, stop_rx.clone()));
+    }
     tokio::spawn(admin::probe_upstream(
         gateway.clone(),
         probe_every,

@@ -344,7 +344,7 @@ def longpoll(args):
                f"at {req:,} (extrapolated) | descriptors | RSS after release |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in ("scopegate", "nginx"):
-        v = meta.get(name, "").split()
+        v = meta.get(f"lp_{name}", "").split()
         if len(v) < 8:
             continue
         n, r0, r1, hwm, f0, f1, ok, r2 = (int(x) for x in v[:8])

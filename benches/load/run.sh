@@ -913,10 +913,10 @@ compare() {
 
 # ================================================================== longpoll
 LP_RESULT=""
-# longpoll_one NAME PORT PID_NAME: sets LP_RESULT to
+# longpoll_one NAME PORT PID_NAME N: sets LP_RESULT to
 # "held rss_before_kb rss_held_kb hwm_kb fds_before fds_held answered_200 rss_after_kb"
 longpoll_one() {
-  local name=$1 port=$2 pidname=$3 pid
+  local name=$1 port=$2 pidname=$3 n=$4 pid
   pid=${PID_OF[$pidname]}
   # one request first, so the baseline includes a warmed-up gateway
   curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/_matrix/client/v3/joined_rooms" || true
@@ -925,11 +925,11 @@ longpoll_one() {
   rss0=$(rss_kb "$pid")
   fd0=$(fd_count "$pid")
   start "lp-client-$name" "$STATE/lp-client-$name.log" "$PY" "$HERE/stubs.py" longpoll --port "$port" \
-    --n "$LP_EFF" --token-file "$KEYS/token.jwt" --timeout 120
+    --n "$n" --token-file "$KEYS/token.jwt" --timeout 120
   local held=0 t
   for t in $(seq 600); do # up to 60 s
-    held=$(curl -s --max-time 1 "http://127.0.0.1:$P_SLOW/__stats" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["held"])' 2>/dev/null || echo 0)
-    ((held >= LP_EFF)) && break
+    held=$(curl -s --max-time 3 "http://127.0.0.1:$P_SLOW/__stats" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["held"])' 2>/dev/null || echo 0)
+    ((held >= n)) && break
     kill -0 "${PID_OF[lp-client-$name]}" 2>/dev/null || break
     sleep 0.1
   done
@@ -971,7 +971,7 @@ longpoll() {
   start_sg sg_lp "$cfg" "$P_SG_LP"
   log "long-polls: $LP_EFF through scopegate"
   local sg ng=""
-  longpoll_one scopegate "$P_SG_LP" sg_lp
+  longpoll_one scopegate "$P_SG_LP" sg_lp "$LP_EFF"
   sg=$LP_RESULT
   stop sg_lp
   if ((LP_COMPARE)); then
@@ -979,10 +979,14 @@ longpoll() {
     sed -i "s/^worker_processes .*/worker_processes 1;/" "$STATE/nginx-lp.conf"
     start nginx-lp "$STATE/nginx-lp.log" nginx -p "$STATE/nginx-lp" -c "$STATE/nginx-lp.conf" -e stderr
     wait_port "$P_NGX_LP" nginx-lp
-    log "long-polls: $LP_EFF through nginx (one worker), for scale"
+    # nginx starts closing connections that have not sent a request once
+    # fewer than 1/16 of worker_connections are free: stay below that
+    local ng_n=$LP_EFF ng_cap=$(((NOFILE - 64) * 15 / 16 / 2 - 100))
+    ((ng_n <= ng_cap)) || ng_n=$ng_cap
+    log "long-polls: $ng_n through nginx (one worker), for scale"
     # nginx: the worker holds the connections
     PID_OF[nginx-lp-worker]=$(pgrep -P "${PID_OF[nginx-lp]}" | head -1)
-    longpoll_one nginx "$P_NGX_LP" nginx-lp-worker
+    longpoll_one nginx "$P_NGX_LP" nginx-lp-worker "$ng_n"
     ng=$LP_RESULT
     unset "PID_OF[nginx-lp-worker]"
     stop nginx-lp
@@ -996,8 +1000,8 @@ longpoll() {
     echo "held_target=$LP_EFF"
     echo "nofile=$NOFILE"
     echo "nofile_hard=$(ulimit -Hn)"
-    echo "scopegate=$sg"
-    echo "nginx=$ng"
+    echo "lp_scopegate=$sg"
+    echo "lp_nginx=$ng"
     echo "note=$NOTE"
   } >"$meta"
   local args=(longpoll "$meta")

@@ -246,6 +246,7 @@ impl Introspector {
             scopes,
             expires_at,
             source: "introspection",
+            validated_at: std::time::Instant::now(),
         })
     }
 }

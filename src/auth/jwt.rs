@@ -170,6 +170,7 @@ impl JwtValidator {
             scopes,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp)),
             source: "jwt",
+            validated_at: std::time::Instant::now(),
         })
     }
 }

@@ -12,7 +12,7 @@ mod decide;
 pub mod demo_issuer;
 mod discovery;
 pub mod extract;
-mod http_client;
+pub(crate) mod http_client;
 mod introspect;
 mod jwks;
 mod jwt;
@@ -24,7 +24,7 @@ pub mod static_table;
 mod subject;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::scopes::ScopeSet;
 
@@ -57,6 +57,9 @@ pub struct Identity {
     pub expires_at: Option<SystemTime>,
     /// Which validator vouched for the token, for logs and metrics.
     pub source: &'static str,
+    /// When it vouched: with `[cache] max_ttl_s`, how long the gateway will
+    /// go on believing it.
+    pub validated_at: Instant,
 }
 
 /// Why a token was not accepted.
@@ -79,6 +82,7 @@ pub struct Authenticator {
     introspection: Option<Validator<Introspector>>,
     legacy: Option<Validator<LegacyValidator>>,
     cache: TokenCache,
+    max_ttl: Duration,
     limiter: InvalidTokenLimiter,
     metrics: Arc<AuthMetrics>,
 }
@@ -171,6 +175,7 @@ impl Authenticator {
             introspection,
             legacy,
             cache: token_cache,
+            max_ttl: cache.max_ttl(),
             limiter,
             metrics,
         })
@@ -179,7 +184,27 @@ impl Authenticator {
     /// Validates `token` for a caller not subject to the invalid-token limit
     /// (the homeserver asking the introspection relay, tests).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        self.authenticate_inner(token, None).await.0
+    }
+
+    /// As [`Self::authenticate`], also saying whether the answer came
+    /// without asking a provider (static table, offline check or cache).
+    pub async fn lookup(&self, token: &str) -> (Result<Arc<Identity>, AuthError>, bool) {
         self.authenticate_inner(token, None).await
+    }
+
+    /// How much longer the gateway will believe `identity` without asking
+    /// again: the token's own expiry and the cache bound. `None`: no bound
+    /// (static tokens, which are never cached).
+    pub fn remaining(&self, identity: &Identity) -> Option<Duration> {
+        if identity.source == "static" {
+            return None;
+        }
+        let cached = self.max_ttl.saturating_sub(identity.validated_at.elapsed());
+        let own = identity
+            .expires_at
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+        Some(own.map_or(cached, |own| own.min(cached)))
     }
 
     /// Validates a token a client presented. Cache hits cost the provider
@@ -190,17 +215,18 @@ impl Authenticator {
         token: &str,
         client: std::net::IpAddr,
     ) -> Result<Arc<Identity>, AuthError> {
-        self.authenticate_inner(token, Some(client)).await
+        self.authenticate_inner(token, Some(client)).await.0
     }
 
+    /// The verdict, and whether it came without asking a provider.
     async fn authenticate_inner(
         &self,
         token: &str,
         client: Option<std::net::IpAddr>,
-    ) -> Result<Arc<Identity>, AuthError> {
+    ) -> (Result<Arc<Identity>, AuthError>, bool) {
         if let Some(identity) = self.static_table.lookup(token) {
             self.metrics.validated("static", "valid");
-            return Ok(identity);
+            return (Ok(identity), true);
         }
         let admit = || match client {
             Some(ip) => self
@@ -217,20 +243,24 @@ impl Authenticator {
         let (chosen, profile) = match self.route(token) {
             Ok(found) => found,
             Err(reason) => {
-                admit()?;
+                if let Err(limited) = admit() {
+                    return (Err(limited), true);
+                }
                 tracing::debug!(reason, token = %short_hash(token), "token refused offline");
                 self.metrics.validated("precheck", "invalid");
                 let result = Err(AuthError::Invalid { soft_logout: false });
                 spend(&result);
-                return result;
+                return (result, true);
             }
         };
         let key = CacheKey::new(token, profile);
         if let Some(verdict) = self.cache.cached(&key).await {
             self.metrics.cache_hits.inc();
-            return verdict.into_result();
+            return (verdict.into_result(), true);
         }
-        admit()?;
+        if let Err(limited) = admit() {
+            return (Err(limited), true);
+        }
         self.metrics.cache_misses.inc();
         let validate = async {
             let verdict = match chosen {
@@ -254,7 +284,7 @@ impl Authenticator {
             .await
             .and_then(Verdict::into_result);
         spend(&result);
-        result
+        (result, false)
     }
 
     /// The next request with `token` is validated afresh (after a logout).

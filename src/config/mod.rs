@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
 use crate::auth::{AuthSettings, CacheConfig};
+use crate::relay::RelayConfig;
 
 /// Environment variables with this prefix override config keys:
 /// `SCOPEGATE__UPSTREAM__URL` sets `[upstream] url`.
@@ -32,6 +33,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The homeserver's introspection endpoint, when set.
+    pub relay: Option<RelayConfig>,
     /// Where the file was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -393,6 +396,14 @@ impl Config {
             ));
         }
         check_server_name(&self.auth.server_name).map_err(|e| ("server_name", e))?;
+        if let Some(relay) = &self.relay {
+            if relay.listen == s.listen || relay.listen == self.admin.listen {
+                return Err((
+                    "listen",
+                    "[relay] listen must differ from the public and admin listeners".into(),
+                ));
+            }
+        }
         if s.worker_threads == Some(0) {
             return Err(("worker_threads", "must be at least 1".into()));
         }

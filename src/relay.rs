@@ -1,0 +1,381 @@
+//! The introspection relay: scopegate as the homeserver's authentication
+//! service.
+//!
+//! A homeserver that delegates token checks (Synapse's
+//! `matrix_authentication_service`) would otherwise ask the provider about
+//! every token a second time, cache the answer for two minutes with no way to
+//! revoke it, and refuse every token without full access. Pointed here, it
+//! gets its answers from the gateway's own cache and validators: one provider
+//! lookup per token serves both, a logout the gateway saw is seen by the
+//! homeserver at its next question, and narrow tokens the gateway enforces can
+//! be vouched for (`widen_restricted_tokens`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+
+use crate::auth::http_client::HttpClient;
+use crate::auth::{AuthError, Identity, Secret};
+use crate::gate::Gateway;
+use crate::scopes::FULL_ACCESS;
+
+const UNSTABLE_FULL_ACCESS: &str = "urn:matrix:org.matrix.msc2967.client:api:*";
+const DEVICE_PREFIX: &str = "urn:matrix:client:device:";
+/// How long the provider's discovery document is reused.
+const DISCOVERY_TTL: Duration = Duration::from_secs(300);
+
+/// `[relay]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Never the public listener's address; loopback or a private network.
+    pub listen: SocketAddr,
+    /// Shared with the homeserver (Synapse: `matrix_authentication_service.secret`).
+    pub secret: Option<Secret>,
+    pub secret_file: Option<PathBuf>,
+    /// How the homeserver reaches the relay, for the discovery document.
+    pub public_url: Option<String>,
+    /// Report full access to the homeserver for tokens whose narrow scopes
+    /// the rule set recognises. Safe only when the homeserver's client API
+    /// is reachable through scopegate alone.
+    #[serde(default)]
+    pub widen_restricted_tokens: bool,
+    /// Upper bound of the `expires_in` told to the homeserver: how long it
+    /// may go on without asking again.
+    #[serde(default = "default_max_expires_in_s")]
+    pub max_expires_in_s: u64,
+}
+
+fn default_max_expires_in_s() -> u64 {
+    30
+}
+
+impl RelayConfig {
+    pub fn secret(&self, base_dir: &std::path::Path) -> Result<Vec<u8>, String> {
+        let file = self.secret_file.as_ref().map(|f| base_dir.join(f));
+        let secret = Secret::resolve(self.secret.as_ref(), file.as_ref(), "[relay] secret")?
+            .ok_or("[relay] needs secret or secret_file")?
+            .expose()
+            .as_bytes()
+            .to_vec();
+        if secret.len() < 16 {
+            return Err("[relay] secret: use at least 16 characters".into());
+        }
+        Ok(secret)
+    }
+}
+
+pub struct Relay {
+    gateway: Arc<Gateway>,
+    secret: Vec<u8>,
+    server_name: String,
+    public_url: String,
+    widen: bool,
+    max_expires_in: Duration,
+    discovery: Option<Uri>,
+    http: HttpClient,
+    cached_discovery: Mutex<Option<(std::time::Instant, Map<String, Value>)>>,
+    metrics: RelayMetrics,
+}
+
+struct RelayMetrics {
+    requests: IntCounterVec,
+    saved: IntCounter,
+}
+
+impl Relay {
+    pub fn new(
+        cfg: &RelayConfig,
+        secret: Vec<u8>,
+        server_name: &str,
+        issuer: Option<&str>,
+        gateway: Arc<Gateway>,
+        registry: &Registry,
+    ) -> Result<Relay, String> {
+        let discovery = issuer
+            .map(|i| {
+                format!(
+                    "{}/.well-known/openid-configuration",
+                    i.trim_end_matches('/')
+                )
+                .parse::<Uri>()
+                .map_err(|e| format!("[auth] issuer: {e}"))
+            })
+            .transpose()?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "scopegate_relay_requests_total",
+                "Introspection relay requests by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let saved = IntCounter::new(
+            "scopegate_relay_lookups_saved_total",
+            "Relay answers given without asking the identity provider.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .and_then(|_| registry.register(Box::new(saved.clone())))
+            .map_err(|e| format!("relay metrics: {e}"))?;
+        Ok(Relay {
+            gateway,
+            secret,
+            server_name: server_name.to_string(),
+            public_url: cfg
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", cfg.listen))
+                .trim_end_matches('/')
+                .to_string(),
+            widen: cfg.widen_restricted_tokens,
+            max_expires_in: Duration::from_secs(cfg.max_expires_in_s.max(1)),
+            discovery,
+            http: HttpClient::new(),
+            cached_discovery: Mutex::new(None),
+            metrics: RelayMetrics { requests, saved },
+        })
+    }
+
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        let builder = Arc::new(builder);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let relay = self.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let relay = relay.clone();
+                    async move { Ok::<_, Infallible>(relay.respond(req).await) }
+                });
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::POST, "/oauth2/introspect") => self.introspect(req).await,
+            (&Method::GET, "/.well-known/openid-configuration") => self.discovery().await,
+            _ => reply(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        }
+    }
+
+    async fn introspect(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.authorized(req.headers()) {
+            self.count("unauthorized");
+            let mut response = reply(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                self.count("bad_request");
+                return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
+            }
+        };
+        // RFC 7662 §2.1: `token` is required; the hint may be ignored.
+        let Some(token) = form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+        else {
+            self.count("bad_request");
+            return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
+        };
+        let (result, answered_locally) = self.gateway.authenticator().lookup(&token).await;
+        let answer = match result {
+            Ok(identity) => self.active(&identity),
+            Err(AuthError::Invalid { .. }) => None,
+            Err(AuthError::Unavailable | AuthError::RateLimited { .. }) => {
+                self.count("unavailable");
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "temporarily_unavailable"}),
+                );
+            }
+        };
+        if answered_locally {
+            self.metrics.saved.inc();
+        }
+        match answer {
+            Some(body) => {
+                self.count("active");
+                reply(StatusCode::OK, body)
+            }
+            // RFC 7662 §2.2: an inactive token is `{"active": false}` and nothing else.
+            None => {
+                self.count("inactive");
+                reply(StatusCode::OK, json!({"active": false}))
+            }
+        }
+    }
+
+    /// The answer for a token the gateway believes, in MAS's field shape;
+    /// `None` when the homeserver must not take it as one of its users'.
+    fn active(&self, identity: &Identity) -> Option<Value> {
+        let username = identity
+            .user_id
+            .strip_prefix('@')?
+            .split_once(':')
+            .filter(|(_, server)| *server == self.server_name)?
+            .0;
+        let mut scopes: Vec<&str> = identity.scopes.iter().collect();
+        if !identity.scopes.has_full_access()
+            && self.widen
+            && self.gateway.rules().recognises(&identity.scopes)
+        {
+            scopes.push(FULL_ACCESS);
+        }
+        // Either spelling satisfies the homeserver; MAS sends both.
+        if scopes.contains(&FULL_ACCESS) {
+            scopes.push(UNSTABLE_FULL_ACCESS);
+        }
+        let device_id = identity.device_id.clone().or_else(|| {
+            identity
+                .scopes
+                .iter()
+                .find_map(|s| s.strip_prefix(DEVICE_PREFIX))
+                .map(str::to_string)
+        });
+        let bound = self
+            .gateway
+            .authenticator()
+            .remaining(identity)
+            .map_or(self.max_expires_in, |r| r.min(self.max_expires_in));
+        // The homeserver counts a token active while now < fetched + expires_in.
+        let expires_in = bound.as_secs().max(1);
+        let mut body = json!({
+            "active": true,
+            "scope": scopes.join(" "),
+            "username": username,
+            "sub": identity.user_id,
+            "expires_in": expires_in,
+        });
+        if let Some(device_id) = device_id {
+            body["device_id"] = json!(device_id);
+        }
+        if let Some(client_id) = &identity.client_id {
+            body["client_id"] = json!(client_id);
+        }
+        if let Some(exp) = identity.expires_at {
+            if let Ok(exp) = exp.duration_since(UNIX_EPOCH) {
+                body["exp"] = json!(exp.as_secs());
+            }
+        }
+        Some(body)
+    }
+
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        aws_lc_rs::constant_time::verify_slices_are_equal(given, &self.secret).is_ok()
+    }
+
+    /// The provider's discovery document with the introspection endpoint
+    /// pointing here; without an issuer, the few fields a homeserver reads.
+    async fn discovery(&self) -> Response<Full<Bytes>> {
+        let mut doc = match &self.discovery {
+            None => {
+                let mut doc = Map::new();
+                doc.insert("issuer".into(), json!(self.public_url));
+                doc
+            }
+            Some(uri) => match self.provider_discovery(uri).await {
+                Some(doc) => doc,
+                None => {
+                    return reply(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": "the identity provider's discovery document is unavailable"}),
+                    )
+                }
+            },
+        };
+        doc.insert(
+            "introspection_endpoint".into(),
+            json!(format!("{}/oauth2/introspect", self.public_url)),
+        );
+        // Synapse's loader requires it; MAS always has one.
+        if !doc.contains_key("account_management_uri") {
+            let account = doc.get("issuer").cloned().unwrap_or(json!(self.public_url));
+            doc.insert("account_management_uri".into(), account);
+        }
+        reply(StatusCode::OK, Value::Object(doc))
+    }
+
+    async fn provider_discovery(&self, uri: &Uri) -> Option<Map<String, Value>> {
+        let mut cached = self.cached_discovery.lock().await;
+        if let Some((at, doc)) = cached.as_ref() {
+            if at.elapsed() < DISCOVERY_TTL {
+                return Some(doc.clone());
+            }
+        }
+        match self
+            .http
+            .get_json::<Map<String, Value>>(uri, Duration::from_secs(5), 256 * 1024)
+            .await
+        {
+            Ok(doc) => {
+                *cached = Some((std::time::Instant::now(), doc.clone()));
+                Some(doc)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: cannot fetch the provider's discovery document");
+                cached.as_ref().map(|(_, doc)| doc.clone())
+            }
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics.requests.with_label_values(&[result]).inc();
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -21,7 +21,7 @@ async fn demo_tokens_behave_as_printed() {
             &admin.to_string(),
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -43,8 +43,13 @@ async fn demo_tokens_behave_as_printed() {
     let printed =
         tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(20)))
             .await
-            .unwrap()
-            .expect("the demo printed its instructions");
+            .unwrap();
+    let Ok(printed) = printed else {
+        let _ = child.kill();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        panic!("the demo did not print its instructions: {stderr}");
+    };
     assert!(printed.contains(&format!(
         "curl -s http://{listen}/_matrix/client/v3/account/whoami"
     )));

@@ -130,3 +130,23 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(line["decision"], "allowed");
     assert_eq!(line["user"], "@alice:example.org");
 }
+
+#[tokio::test]
+async fn access_log_can_be_turned_off() {
+    let upstream = ok_stub().await;
+    let gate = GateBuilder::new()
+        .log("access = false")
+        .start(upstream)
+        .await;
+    let (parts, _) = get(
+        gate.addr,
+        "/_matrix/client/v3/account/whoami",
+        Some(FULL_TOKEN),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let logs = gate.logs();
+    assert!(logs.contains("scopegate listening"), "{logs}");
+    assert!(!logs.contains("scopegate::access"), "{logs}");
+}

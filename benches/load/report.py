@@ -17,40 +17,22 @@ import subprocess
 import sys
 import tempfile
 
-SECTIONS = ("compare", "longpoll", "flood")
+SECTIONS = ("compare", "pinning", "longpoll", "flood")
 
 SKELETON = """# Performance
 
-How scopegate compares with the proxies operators would otherwise put at the
-edge, measured by the load harness of issue 7 (`benches/load/`). The sections
-below are written by the harness; run it again to refresh them.
-
-## Running it
-
-```sh
-benches/load/run.sh              # compare: every contender, interleaved rounds (~3 min)
-benches/load/run.sh longpoll     # 10 000 idle /sync long-polls: RSS per connection
-benches/load/run.sh flood        # 100 000 distinct random tokens: RSS, legitimate throughput
-benches/load/run.sh all          # the three
-benches/load/run.sh --help       # durations, rounds, pinning, ports, feature flags
-```
-
-It installs what it needs from Debian (nginx-light, haproxy, wrk, gnuplot-nox,
-python3-jwt, python3-cryptography), builds scopegate release (honouring
-`CARGO_TARGET_DIR`), listens on 127.0.0.1 only, and stops every process it
-started. The build is not counted in the time bound (`--budget`, default
-270 s of measuring).
+Written by the load harness of issue 7: `benches/load/run.sh --help`.
 
 <!-- load:compare:begin -->
-*Not measured yet.*
 <!-- load:compare:end -->
 
+<!-- load:pinning:begin -->
+<!-- load:pinning:end -->
+
 <!-- load:longpoll:begin -->
-*Not measured yet.*
 <!-- load:longpoll:end -->
 
 <!-- load:flood:begin -->
-*Not measured yet.*
 <!-- load:flood:end -->
 """
 
@@ -194,7 +176,11 @@ def compare(args):
         f"with {meta.get('workers')} worker. Request mix: {meta.get('mix_get')} GET paths of "
         f"`tests/data/sample-requests.tsv` that need a token, and {meta.get('mix_put')} PUT sends as one "
         f"request in ten, each with a 721-byte RS256 bearer token. scopegate with the shipped rules, "
-        f"log level `{meta.get('sg_log')}`. {'; '.join(auth)}."
+        f"log level `{meta.get('sg_log')}`"
+        + (" (no access log, like nginx with `access_log off` and HAProxy without logging; the "
+           "*access log on* contender logs one line per request at `info`, to a file)"
+           if meta.get("sg_log") == "warn" else "")
+        + f". nginx `auth_request` subrequest: {meta.get('authreq', 'proxied')}. {'; '.join(auth)}."
         + (" **Rounds were cut short by the time budget.**" if meta.get("truncated") == "1" else "")
         + "\n"
     )
@@ -228,20 +214,24 @@ def compare(args):
             )
         return "\n".join(t)
 
-    for p in pin_modes:
-        if len(pin_modes) > 1:
-            out.append(f"\n### {'Pinned' if p else 'Unpinned'}\n")
-        out.append(table(sums[p]) + "\n")
-
+    out.append(table(sums[main_pin]) + "\n")
     if len(pin_modes) == 2:
-        out.append("\n### Does pinning help?\n")
-        out.append(
+        out.append("The same rounds run unpinned are in *Does pinning help?* below.\n")
+
+    pin = []
+    if len(pin_modes) == 2:
+        pin.append("## Does pinning help?\n")
+        pin.append(f"Measured {machine_line(meta)}, in the run above (`--pin both`).\n")
+        if warn:
+            pin.append(warn + "\n")
+        pin.append(
             "Same processes, same worker counts; only the CPU affinity differs "
             "(unpinned: the scheduler places generator, proxy and upstream on either CPU). "
             "*unpinned ÷ pinned* is the median of per-round ratios.\n"
         )
-        out.append("| contender | pinned req/s | unpinned req/s | unpinned ÷ pinned | pinned p99 ms | unpinned p99 ms |")
-        out.append("|---|---:|---:|---:|---:|---:|")
+        pin.append("| contender | pinned req/s | unpinned req/s | unpinned ÷ pinned | pinned × nginx | unpinned × nginx | "
+                   "pinned p99 ms | unpinned p99 ms | pinned CPU µs/req | unpinned CPU µs/req |")
+        pin.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for cid in order:
             a, b = sums[True].get(cid), sums[False].get(cid)
             if not a or not b:
@@ -253,11 +243,13 @@ def compare(args):
                 if pa and pb and pa[0]:
                     per_round.append(pb[0] / pa[0])
             ratio = med(per_round)
-            out.append(
-                f"| {labels[cid]} | {fnum(a['rps'])} | {fnum(b['rps'])} | "
-                f"{'–' if ratio is None else f'{ratio:.2f}'} | {ms(a['p99'])} | {ms(b['p99'])} |"
+            def r2(x):
+                return "–" if x is None else f"{x:.2f}"
+            pin.append(
+                f"| {labels[cid]} | {fnum(a['rps'])} | {fnum(b['rps'])} | {r2(ratio)} | {r2(a['ratio'])} | "
+                f"{r2(b['ratio'])} | {ms(a['p99'])} | {ms(b['p99'])} | {fnum(a['cpu'], 1)} | {fnum(b['cpu'], 1)} |"
             )
-        out.append("")
+        pin.append("")
 
     if args.png:
         out.append(f"\n![throughput and p99 per contender]({os.path.basename(args.png)})\n")
@@ -277,6 +269,11 @@ def compare(args):
     print(text)
     if args.doc:
         write_section(args.doc, "compare", text)
+    if pin:
+        text = "\n".join(pin)
+        print(text)
+        if args.doc:
+            write_section(args.doc, "pinning", text)
 
 
 def chart(png, order, labels, s, meta, pinned):
@@ -286,25 +283,32 @@ def chart(png, order, labels, s, meta, pinned):
         with open(data, "w") as f:
             for cid in ids:
                 label = labels[cid].replace('"', "'")
-                f.write(f"{label}\t{s[cid]['rps'] or 0:.0f}\t{(s[cid]['p99'] or 0) / 1000:.3f}\n")
+                ratio = s[cid]["ratio"]
+                rl = f"{ratio:.2f}x" if ratio is not None else ""
+                f.write(f"{label}\t{s[cid]['rps'] or 0:.0f}\t{(s[cid]['p99'] or 0) / 1000:.3f}\t{rl}\n")
         title = f"{meta.get('date', '')}, {meta.get('nproc', '?')} CPUs" + (", pinned" if pinned else ", unpinned")
         script = f"""
-set terminal pngcairo size 1200,560 font "sans,10"
+set terminal pngcairo size 1280,600 font "sans,10" noenhanced
 set output "{png}"
 set datafile separator "\\t"
 set style data histograms
+set style histogram clustered gap 0.6
+set boxwidth 0.75 relative
 set style fill solid 0.8 border -1
-set boxwidth 0.7
 set grid ytics
+set offsets 0, 0, graph 0.1, 0
 set xtics rotate by -30 left nomirror
 set bmargin 9
+set rmargin 9
 set key off
 set multiplot layout 1,2 title "scopegate load harness ({title})"
-set title "throughput (req/s, median; higher is better)"
+set title "throughput, req/s (median; label: x nginx plain)"
 set yrange [0:*]
-plot "{data}" using 2:xtic(1) lc rgb "#3572a5"
-set title "p99 latency (ms, median; lower is better)"
-plot "{data}" using 3:xtic(1) lc rgb "#c0504d"
+plot "{data}" using 2:xtic(1) lc rgb "#3572a5", \\
+     "" using 0:2:4 with labels offset 0,0.8 notitle
+set title "p99 latency, ms (median; lower is better)"
+plot "{data}" using 3:xtic(1) lc rgb "#c0504d", \\
+     "" using 0:3:(sprintf("%.1f", $3)) with labels offset 0,0.8 notitle
 unset multiplot
 """
         sp = os.path.join(tmp, "chart.gp")
@@ -371,14 +375,15 @@ def flood(args):
     warn = load_warning(meta)
     if warn:
         out.append(warn + "\n")
-    variant = meta.get("variant")
-    how = {
-        "static": "static tokens only (no JWT or introspection in this build): every flood token is a "
-        "SHA-256 lookup that misses, nothing is cached or asked",
-        "jwt": "JWT validation on: random opaque tokens are refused without a provider call",
-        "introspection": "introspection on: each new random token costs one provider call, "
-        "refusals cached `negative_ttl_s`",
-    }.get(variant, variant)
+    if meta.get("introspection") == "on":
+        how = ("introspection on" + (" (and JWT validation)" if meta.get("jwt") == "on" else "")
+               + ": each new random opaque token costs one call to the introspection provider "
+               "(a Python stub that counts them), and its refusal is cached `negative_ttl_s`")
+    elif meta.get("jwt") == "on":
+        how = "JWT validation on, no introspection: opaque tokens are refused without any provider call"
+    else:
+        how = ("static tokens only (no JWT or introspection in this build): every flood token is a "
+               "SHA-256 lookup that misses; nothing is cached or asked")
     out.append(
         f"{int(meta.get('tokens', 0)):,} distinct random opaque tokens (never repeated) sent as fast as wrk "
         f"can on {meta.get('conns')} connections, the Matrix request mix, while a legitimate client "
@@ -387,17 +392,19 @@ def flood(args):
         f"`[auth.rate_limit]` {'left on' if meta.get('rate_limit') == 'on' else 'off where the build has it (a flood from one address would otherwise be answered 429)'}.\n"
     )
     ratio = during.get("rps", 0) / alone["rps"] if alone.get("rps") else None
+    refused = float(meta.get("refused") or 0)
     rows = [
-        ("flood requests sent", fnum(fl.get("requests"))),
-        ("flood rate", f"{fnum(fl.get('rps'))} req/s over {meta.get('flood_secs')} s"),
-        ("flood requests refused (4xx/5xx)", fnum(fl.get("err_status"))),
+        ("flood tokens refused by scopegate", f"{fnum(refused)} in {meta.get('flood_secs')} s "
+         f"({fnum(float(meta.get('flood_rate') or 0))} req/s)"),
         ("legitimate client alone", f"{fnum(alone.get('rps'))} req/s, p99 {ms(alone.get('p99_us'))} ms"),
         ("legitimate client during the flood",
          f"{fnum(during.get('rps'))} req/s ({'–' if ratio is None else f'{ratio:.2f}×'}), "
          f"p99 {ms(during.get('p99_us'))} ms, errors {fnum(during.get('err_status'))}"),
         ("scopegate RSS before → after", f"{int(meta.get('rss_before_kb', 0)) / 1024:.1f} MiB → "
          f"{int(meta.get('rss_after_kb', 0)) / 1024:.1f} MiB (peak {int(meta.get('hwm_kb', 0)) / 1024:.1f} MiB)"),
-        ("token cache entries at the end", meta.get("cache_entries") or "– (no cache metric in this build)"),
+        ("token cache entries (most seen, at the end)",
+         f"{meta.get('cache_entries_peak') or '–'}, {meta.get('cache_entries') or '–'} (capacity {meta.get('capacity')})"
+         if meta.get("cache_entries") else "– (no cache metric in this build)"),
         ("token validations", meta.get("validations") or "– (no metric in this build)"),
         ("rate-limited requests", meta.get("rate_limited") or "– (no metric in this build)"),
         ("provider (introspection) calls", meta.get("provider") or "– (introspection not in this build)"),

@@ -249,7 +249,7 @@ cpu_ticks() {
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-fd_count() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
+fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 
 # Sets the CPU affinity of every server started so far (all threads).
 set_affinity() {
@@ -632,6 +632,12 @@ field() { # KEY LINE
   echo "${v:-0}"
 }
 
+# Requests scopegate refused for their token (any reason but scope).
+refused_count() {
+  curl -s --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+    awk '/^scopegate_requests_total\{/ && /decision="(invalid_token|unauthenticated|rate_limited|provider_error)"/ { s += $2 } END { printf "%.0f", s }'
+}
+
 metric() { # ADMIN_PORT NAME: sum of a Prometheus metric's samples, or "" if absent
   curl -s --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null |
     awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2; f = 1 } END { if (f) printf "%.0f", s }'
@@ -834,7 +840,7 @@ compare() {
   printf 'round\tpinned\tid\tlabel\trps\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\trequests\terrors\tcpu_us_per_req\tcache_hit_pct\n' >"$res"
 
   if ((WARMUP > 0)); then
-    [[ $PIN == off ]] && set_affinity "0-$((NCPU - 1))" || set_affinity "$SRV_CPU"
+    if [[ $PIN == off ]]; then set_affinity "0-$((NCPU - 1))"; else set_affinity "$SRV_CPU"; fi
     for id in "${CONTENDERS[@]}"; do
       run_wrk "${C_PORT[$id]}" "${C_TOKENS[$id]}" "$WARMUP" "$CONNS" "$([[ $PIN == off ]] && echo 0 || echo 1)" >/dev/null
     done
@@ -844,7 +850,7 @@ compare() {
   for ((r = 1; r <= ROUNDS; r++)); do
     for pinned in "${pins[@]}"; do
       if [[ $current_pin != "$pinned" ]]; then
-        ((pinned)) && set_affinity "$SRV_CPU" || set_affinity "0-$((NCPU - 1))"
+        if ((pinned)); then set_affinity "$SRV_CPU"; else set_affinity "0-$((NCPU - 1))"; fi
         current_pin=$pinned
       fi
       local n=${#CONTENDERS[@]}
@@ -1012,7 +1018,7 @@ longpoll() {
 # ================================================================== flood
 flood() {
   start_upstream
-  local legit_tokens=$KEYS/token.jwt extra="" variant=static
+  local legit_tokens=$KEYS/token.jwt variant=static
   [[ $JWT_ON == on ]] && variant=jwt
   if [[ $INTRO_ON == on ]]; then
     start intro "$STATE/intro.log" "$PY" "$HERE/stubs.py" introspect --port "$P_INTRO" \
@@ -1055,34 +1061,53 @@ flood() {
   log "flood: $FLOOD_N distinct random tokens on $FLOOD_CONNS connections, legitimate client alongside"
   # the legitimate client runs until the flood is over, then gets SIGINT
   BENCH_REQS="$STATE/reqs.txt" BENCH_TOKENS="$legit_tokens" \
-    start legit "$STATE/legit.out" timeout 150 wrk -t 1 -c 16 -d 120s --timeout 5s \
+    start legit "$STATE/legit.out" timeout 150 wrk -t 1 -c 16 -d 140s --timeout 5s \
     -s "$HERE/matrix.lua" "http://127.0.0.1:$P_SG_FL"
-  local legit_pid=${PID_OF[legit]}
-  local t0=$SECONDS
-  env BENCH_REQS="$STATE/reqs.txt" BENCH_MODE=flood BENCH_LIMIT="$per" \
-    timeout 120 wrk -t "$threads" -c "$FLOOD_CONNS" -d 100s --timeout 5s -s "$HERE/matrix.lua" \
-    "http://127.0.0.1:$P_SG_FL" >"$STATE/flood.out" 2>&1 || true
-  local flood_secs=$((SECONDS - t0))
+  # The flood runs until scopegate has refused all its tokens (wrk's own
+  # duration cannot end a run early): refusals are polled from /metrics.
+  local refused0 t0 now refused=0 peak_entries=0 e last=0 still=0
+  refused0=$(refused_count "$admin")
+  t0=$(date +%s.%N)
+  BENCH_REQS="$STATE/reqs.txt" BENCH_MODE=flood BENCH_LIMIT="$per" \
+    start flood "$STATE/flood.out" timeout 150 wrk -t "$threads" -c "$FLOOD_CONNS" -d 140s --timeout 5s \
+    -s "$HERE/matrix.lua" "http://127.0.0.1:$P_SG_FL"
+  while ours "${PID_OF[flood]}"; do
+    sleep 0.2
+    refused=$(($(refused_count "$admin") - refused0))
+    e=$(metric "$admin" scopegate_token_cache_entries)
+    [[ -n $e ]] && ((e > peak_entries)) && peak_entries=$e
+    ((refused >= FLOOD_N - threads)) && break
+    # no progress for 5 s: give up waiting
+    if ((refused == last)); then still=$((still + 1)); else still=0; last=$refused; fi
+    ((still < 25)) || break
+  done
+  now=$(date +%s.%N)
+  local flood_secs
+  flood_secs=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.1f", b - a }')
+  local entries_end
+  entries_end=$(metric "$admin" scopegate_token_cache_entries)
   # wrk prints its results on SIGINT (timeout passes the signal on)
-  kill -INT "$legit_pid" 2>/dev/null || true
-  for _ in $(seq 100); do ours "$legit_pid" || break; sleep 0.1; done
+  kill -INT "${PID_OF[flood]}" 2>/dev/null || true
+  kill -INT "${PID_OF[legit]}" 2>/dev/null || true
+  for _ in $(seq 100); do ours "${PID_OF[flood]}" || ours "${PID_OF[legit]}" || break; sleep 0.1; done
+  stop flood
   stop legit
   local fl during
   fl=$(grep '^RESULT' "$STATE/flood.out" | tail -1 || echo "RESULT requests=0")
   during=$(grep '^RESULT' "$STATE/legit.out" | tail -1 || echo "RESULT requests=0")
-  sleep 1
   local rss1 hwm
   rss1=$(rss_kb "$pid")
   hwm=$(hwm_kb "$pid")
-  local entries validations rl calls=""
-  entries=$(metric "$admin" scopegate_token_cache_entries)
+  local validations rl calls=""
   validations=$(metric "$admin" scopegate_token_validations_total)
   rl=$(metric "$admin" scopegate_rate_limited_requests_total)
   # HOOK: provider calls, counted by the introspection stub itself
   [[ $INTRO_ON == on ]] && calls=$(curl -s "http://127.0.0.1:$P_INTRO/__stats" || true)
-  log "  flood: $(field requests "$fl") requests, $(field rps "$fl") req/s, refused $(field err_status "$fl")"
+  local flood_rate
+  flood_rate=$(awk -v n="$refused" -v t="$flood_secs" 'BEGIN { if (t > 0) printf "%.0f", n / t }')
+  log "  flood: $refused tokens refused in ${flood_secs}s ($flood_rate req/s); wrk: $(field requests "$fl") sent, $(field err_status "$fl") answered 4xx/5xx"
   log "  legitimate client during the flood: $(field rps "$during") req/s, p99 $(field p99_us "$during") us, errors $(field err_status "$during")"
-  log "  scopegate RSS ${rss0} kB -> ${rss1} kB (peak ${hwm} kB)${entries:+; cache entries $entries}${calls:+; provider $calls}"
+  log "  scopegate RSS ${rss0} kB -> ${rss1} kB (peak ${hwm} kB); cache entries ${entries_end:-n/a} at the end, ${peak_entries} at most${calls:+; provider $calls}"
   local meta=$STATE/flood.txt
   {
     versions
@@ -1101,7 +1126,10 @@ flood() {
     echo "rss_before_kb=$rss0"
     echo "rss_after_kb=$rss1"
     echo "hwm_kb=$hwm"
-    echo "cache_entries=$entries"
+    echo "cache_entries=$entries_end"
+    echo "cache_entries_peak=$peak_entries"
+    echo "refused=$refused"
+    echo "flood_rate=$flood_rate"
     echo "validations=$validations"
     echo "rate_limited=$rl"
     echo "provider=$calls"

@@ -111,6 +111,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     #[serde(default = "defaults::log_level")]
     pub level: String,
+    /// One line per request (target `scopegate::access`).
+    #[serde(default = "defaults::yes")]
+    pub access: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -184,6 +187,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::default(),
             level: defaults::log_level(),
+            access: true,
         }
     }
 }

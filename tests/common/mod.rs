@@ -256,7 +256,10 @@ impl Gate {
         }
     }
 
+    /// The log so far. Lines are written by a background thread: give it a
+    /// moment to catch up with what the test just did.
     pub fn logs(&self) -> String {
+        std::thread::sleep(Duration::from_millis(100));
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

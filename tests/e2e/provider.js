@@ -219,9 +219,12 @@ const configuration = {
   scopes: ['openid', 'offline_access'],
   cookies: { keys: ['e2e-cookie-key-not-secret'] },
   pkce: { required: () => true },
+  // A resource server's accessTokenTTL (per client: `access_token_ttl`) wins.
   ttl: {
-    AccessToken: AT_TTL,
-    ClientCredentials: AT_TTL,
+    AccessToken: (ctx, token, client) => token.resourceServer?.accessTokenTTL
+      || client?.access_token_ttl || AT_TTL,
+    ClientCredentials: (ctx, token, client) => token.resourceServer?.accessTokenTTL
+      || client?.access_token_ttl || AT_TTL,
     AuthorizationCode: 60,
     DeviceCode: 600,
     IdToken: 3600,

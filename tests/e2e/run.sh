@@ -136,7 +136,9 @@ fi
 log "stack up in $((SECONDS - STACK_START))s"
 
 set +e
-"$PY" -u -m suite 2>&1 | tee "$E2E_STATE/suite.log"
+# A watchdog over the whole suite (its loops are bounded; this bounds a hang).
+timeout --signal=TERM --kill-after=10 "${E2E_SUITE_TIMEOUT:-900}" "$PY" -u -m suite 2>&1 \
+    | tee "$E2E_STATE/suite.log"
 SUITE_STATUS=${PIPESTATUS[0]}
 set -e
 SUMMARY="$(tail -n 1 "$E2E_STATE/suite.log")"

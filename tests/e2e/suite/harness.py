@@ -3,7 +3,8 @@
 Tests register with `@scenario(...)` and run in file order. A test passes if it
 returns, fails if it raises; `pending="reason"` marks a test that needs a
 scopegate feature not integrated yet: it is reported as skipped with the reason
-unless `E2E_PENDING=1`. `E2E_ONLY=substring` runs the matching tests only.
+unless `E2E_PENDING=1`. `E2E_ONLY=text|other` runs the tests whose name contains
+one of the texts.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def run_all() -> int:
     passed = failed = skipped = 0
     started = time.monotonic()
     for test in TESTS:
-        if ONLY and ONLY not in test.name:
+        if ONLY and not any(part in test.name for part in ONLY.split("|")):
             continue
         if test.pending and not RUN_PENDING:
             skipped += 1

@@ -283,6 +283,10 @@ def start(name: str, stack: dict | None = None) -> int:
     log.close()
     _children[name] = proc
     (PIDS / f"{name}.pid").write_text(f"{proc.pid}\n")
+    # Until exec, the child's /proc cmdline is still ours: wait for it to change.
+    deadline = time.monotonic() + 5
+    while not is_ours(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return proc.pid
 
 

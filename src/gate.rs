@@ -1,6 +1,7 @@
 //! The request pipeline, phase by phase, in the order a request meets them:
 //!
-//! 1. [`canonicalize`] — refuse targets two parsers could read differently;
+//! 1. [`canonicalize`] — refuse targets (and framing) two parsers could read
+//!    differently;
 //! 2. route — find the rule for (method, raw path), default deny;
 //! 3. [`Gateway::authenticate`] — who is calling (token → identity, cached);
 //! 4. authorize — may this identity use this route, given the path's values;
@@ -27,6 +28,7 @@ use crate::canonical::canonicalize;
 use crate::metrics::Metrics;
 use crate::proxy::body::{ConnActivity, GateBody, InFlight};
 use crate::proxy::error::{Decision, Refusal};
+use crate::proxy::framing::RecentInput;
 use crate::proxy::headers::{self, ClientView};
 use crate::proxy::upstream::{Upstream, UpstreamError};
 use crate::scopes::{self, Access, RuleSet};
@@ -36,6 +38,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub proto: &'static str,
     pub activity: Arc<ConnActivity>,
+    /// What the connection received last, for [`Gateway::framed_twice`].
+    pub recent: Arc<RecentInput>,
 }
 
 /// Request-handling settings from `[server]`.
@@ -51,6 +55,18 @@ pub struct Gateway {
     upstream: Upstream,
     settings: Settings,
     pub metrics: Arc<Metrics>,
+}
+
+/// An HTTP/1 request that set both `Transfer-Encoding` and `Content-Length`
+/// (see `proxy::framing`), or whose head can no longer be checked.
+fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
+    if req.version() > http::Version::HTTP_11
+        || !req.headers().contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return false;
+    }
+    let line = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri());
+    conn.recent.head_has_content_length(line.as_bytes()) != Some(false)
 }
 
 /// `POST …/logout` ends one session; `POST …/logout/all` every session of
@@ -156,6 +172,9 @@ impl Gateway {
             Ok(target) => target,
             Err(e) => return Outcome::refused(Refusal::BadTarget(e), "-", None),
         };
+        if framed_twice(&req, conn) {
+            return Outcome::refused(Refusal::AmbiguousFraming, "-", None);
+        }
         // 2. route
         let route = rules.route(req.method(), target.path);
         let label = route.label();

@@ -407,7 +407,7 @@ def flood(args):
          if meta.get("cache_entries") else "– (no cache metric in this build)"),
         ("token validations", meta.get("validations") or "– (no metric in this build)"),
         ("rate-limited requests", meta.get("rate_limited") or "– (no metric in this build)"),
-        ("provider (introspection) calls", meta.get("provider") or "– (introspection not in this build)"),
+        ("provider (introspection) calls", provider_text(meta.get("provider"))),
     ]
     out.append("| | |\n|---|---|")
     out.extend(f"| {a} | {b} |" for a, b in rows)
@@ -416,6 +416,17 @@ def flood(args):
     print(text)
     if args.doc:
         write_section(args.doc, "flood", text)
+
+
+def provider_text(raw):
+    import json
+    if not raw:
+        return "– (introspection off or not in this build)"
+    try:
+        d = json.loads(raw)
+        return f"{d['calls']:,} ({d['inactive']:,} answered inactive, {d['active']:,} active)"
+    except (ValueError, KeyError, TypeError):
+        return raw
 
 
 # ---------------------------------------------------------------- document

@@ -961,6 +961,7 @@ longpoll_one() {
 }
 
 longpoll() {
+  PIN=off # scopegate with its default threads, placed by the scheduler
   # two descriptors per long-poll in the proxy (client side + upstream side)
   LP_EFF=$LP_N
   local cap=$(((NOFILE - 200) / 2))
@@ -1017,6 +1018,7 @@ longpoll() {
 
 # ================================================================== flood
 flood() {
+  PIN=off # no pinning: the flood, the legitimate client and the gateway share the machine
   start_upstream
   local legit_tokens=$KEYS/token.jwt variant=static
   [[ $JWT_ON == on ]] && variant=jwt

@@ -14,6 +14,7 @@ use crate::canonical::TargetError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     BadTarget(TargetError),
+    AmbiguousFraming,
     MissingToken(&'static str),
     UnknownToken { soft_logout: bool },
     InsufficientScope { required: String },
@@ -55,7 +56,7 @@ impl Decision {
 impl Refusal {
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::BadTarget(_) => Decision::BadRequest,
+            Refusal::BadTarget(_) | Refusal::AmbiguousFraming => Decision::BadRequest,
             Refusal::MissingToken(_) => Decision::Unauthenticated,
             Refusal::UnknownToken { .. } => Decision::InvalidToken,
             Refusal::InsufficientScope { .. } | Refusal::NoRoute => Decision::Denied,
@@ -67,7 +68,7 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadTarget(_) | Refusal::AmbiguousFraming => StatusCode::BAD_REQUEST,
             Refusal::MissingToken(_) | Refusal::UnknownToken { .. } => StatusCode::UNAUTHORIZED,
             Refusal::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Refusal::NoRoute => StatusCode::NOT_FOUND,
@@ -83,6 +84,10 @@ impl Refusal {
             Refusal::BadTarget(e) => {
                 json!({"errcode": "M_UNRECOGNIZED", "error": format!("Bad request target: {e}")})
             }
+            Refusal::AmbiguousFraming => json!({
+                "errcode": "M_UNRECOGNIZED",
+                "error": "Bad request: a request must not carry both Content-Length and Transfer-Encoding",
+            }),
             Refusal::MissingToken(msg) => json!({"errcode": "M_MISSING_TOKEN", "error": msg}),
             Refusal::UnknownToken { soft_logout } => json!({
                 "errcode": "M_UNKNOWN_TOKEN",

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::body::ConnActivity;
+use super::framing::{RecentInput, Recording};
 use crate::config::ServerConfig;
 use crate::gate::{ConnInfo, Gateway};
 
@@ -187,17 +188,19 @@ async fn run_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(ConnActivity::new());
+    let recent = Arc::new(RecentInput::default());
     let info = Arc::new(ConnInfo {
         peer,
         proto,
         activity: activity.clone(),
+        recent: recent.clone(),
     });
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(gateway.handle(req, &info).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(Recording::new(io, recent)), service);
     tokio::pin!(conn);
     let mut closing = false;
     // Set when we asked the connection to close; past it, we drop it.

@@ -6,7 +6,8 @@
 #   tests/e2e/run.sh                 install what is missing, build, start, test, stop
 #   E2E_PENDING=1 tests/e2e/run.sh   also run the scenarios waiting for scopegate features
 #   E2E_ONLY=hostile tests/e2e/run.sh   only the scenarios whose name contains the text
-#   E2E_KEEP=1 tests/e2e/run.sh      leave the stack running afterwards (stop: tests/e2e/run.sh --down)
+#   E2E_KEEP=1 tests/e2e/run.sh      leave the stack running afterwards, pass or fail
+#                                    (stop it: tests/e2e/run.sh --down)
 #
 # Installs are cached outside the tracked files: the Python venv in
 # ${E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scopegate-e2e}, node_modules in tests/e2e/
@@ -72,7 +73,7 @@ fi
 on_exit() {
     local status=$?
     trap - EXIT INT TERM
-    if [[ "${E2E_KEEP:-}" == 1 && $status -eq 0 ]]; then
+    if [[ "${E2E_KEEP:-}" == 1 ]]; then
         log "E2E_KEEP=1: the stack is still running (state in $E2E_STATE; stop: $0 --down)"
     else
         stop_stack

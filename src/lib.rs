@@ -15,3 +15,16 @@ pub mod relay;
 pub mod reload;
 pub mod run;
 pub mod scopes;
+
+/// An error with its causes, `outer: inner: …`: hyper-util's own message is
+/// only "client error (Connect)", the cause is what an operator can act on.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -10,7 +10,6 @@
 //! homeserver at its next question, and narrow tokens the gateway enforces can
 //! be vouched for (`widen_restricted_tokens`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,9 +20,6 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -154,37 +150,12 @@ impl Relay {
         })
     }
 
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
-        let builder = Arc::new(builder);
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-                },
-                _ = shutdown.changed() => return,
-            };
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        crate::proxy::listener::serve_internal(listener, shutdown, move |req| {
             let relay = self.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let relay = relay.clone();
-                    async move { Ok::<_, Infallible>(relay.respond(req).await) }
-                });
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { relay.respond(req).await }
+        })
+        .await
     }
 
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -91,7 +91,7 @@ impl HttpClient {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| FetchError::Transport(error_chain(&e)))?;
+                .map_err(|e| FetchError::Transport(crate::error_chain(&e)))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), max_body)
                 .collect()
@@ -122,17 +122,4 @@ impl HttpClient {
         }
         serde_json::from_slice(&fetched.body).map_err(|e| FetchError::Json(e.to_string()))
     }
-}
-
-/// hyper-util's error says only "client error (Connect)"; the cause is what
-/// an operator needs ("connection refused", "invalid peer certificate").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -124,7 +124,7 @@ impl Upstream {
         match tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => {
-                tracing::warn!(error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(error = %crate::error_chain(&e), "upstream request failed");
                 if is_timeout(&e) {
                     Err(UpstreamError::Timeout)
                 } else {
@@ -184,15 +184,4 @@ fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

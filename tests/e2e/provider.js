@@ -22,7 +22,8 @@
 //
 // Env: OP_PORT, OP_STATE_DIR (JWKS persisted there), OP_AT_TTL (s, default 600),
 // OP_JWT_ALG (RS256|ES256), OP_MAS_SECRET (the secret shared with the delegated
-// Synapse), OP_SYNAPSE_URL (provision users and devices there), OP_GATEWAY_SECRET.
+// Synapses), OP_SYNAPSE_URL (space-separated: provision users and devices in each),
+// OP_GATEWAY_SECRET.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -39,7 +40,7 @@ const AT_TTL = Number(process.env.OP_AT_TTL || 600);
 const JWT_ALG = process.env.OP_JWT_ALG || 'RS256';
 const MAS_SECRET = process.env.OP_MAS_SECRET || 'e2e-mas-shared-secret';
 const GATEWAY_SECRET = process.env.OP_GATEWAY_SECRET || 'gateway-secret';
-const SYNAPSE_URL = process.env.OP_SYNAPSE_URL || '';
+const SYNAPSE_URLS = (process.env.OP_SYNAPSE_URL || '').split(/[\s,]+/).filter(Boolean);
 
 export const RS_HOMESERVER = 'urn:scopegate:homeserver'; // opaque tokens
 export const RS_GATEWAY = 'urn:scopegate:gateway'; // RFC 9068 JWTs
@@ -144,10 +145,12 @@ const BEARER_CLIENTS = new Map([
 // ---------------------------------------------------------------- Synapse provisioning
 
 // MAS provisions users and devices in Synapse before a token for them is used
-// (adapter 4): Synapse answers 500 "User not found" otherwise.
+// (adapter 4): Synapse answers 500 "User not found" otherwise. Every Synapse
+// that takes this provider's tokens (directly, or through scopegate's relay)
+// gets them.
 const provisioned = new Set();
-async function masCall(endpoint, body) {
-  const res = await fetch(`${SYNAPSE_URL}/_synapse/mas/${endpoint}`, {
+async function masCall(base, endpoint, body) {
+  const res = await fetch(`${base}/_synapse/mas/${endpoint}`, {
     method: 'POST',
     headers: { authorization: `Bearer ${MAS_SECRET}`, 'content-type': 'application/json' },
     body: JSON.stringify(body),
@@ -156,26 +159,29 @@ async function masCall(endpoint, body) {
   if (!res.ok) throw new Error(`${endpoint}: HTTP ${res.status} ${await res.text()}`);
 }
 
-async function provision(localpart, scopes) {
-  if (!SYNAPSE_URL || !localpart) return;
-  const devices = scopes.map((s) => DEVICE_SCOPE.exec(s)?.[2]).filter(Boolean);
-  const wanted = [`u:${localpart}`, ...devices.map((d) => `d:${localpart}:${d}`)];
-  if (wanted.every((k) => provisioned.has(k))) return;
+async function provisionIn(base, localpart, devices) {
+  const user = `${base} u:${localpart}`;
   try {
-    if (!provisioned.has(wanted[0])) {
-      await masCall('provision_user', { localpart });
-      provisioned.add(wanted[0]);
+    if (!provisioned.has(user)) {
+      await masCall(base, 'provision_user', { localpart });
+      provisioned.add(user);
     }
     for (const device of devices) {
-      const key = `d:${localpart}:${device}`;
+      const key = `${base} d:${localpart}:${device}`;
       if (!provisioned.has(key)) {
-        await masCall('upsert_device', { localpart, device_id: device });
+        await masCall(base, 'upsert_device', { localpart, device_id: device });
         provisioned.add(key);
       }
     }
   } catch (e) {
-    console.error(`provisioning ${localpart} in Synapse failed: ${e.message}`);
+    console.error(`provisioning ${localpart} in ${base} failed: ${e.message}`);
   }
+}
+
+async function provision(localpart, scopes) {
+  if (!localpart) return;
+  const devices = scopes.map((s) => DEVICE_SCOPE.exec(s)?.[2]).filter(Boolean);
+  await Promise.all(SYNAPSE_URLS.map((base) => provisionIn(base, localpart, devices)));
 }
 
 // ---------------------------------------------------------------- resource servers

@@ -17,9 +17,9 @@ SERVER = st.SERVER_NAME
 _stack: Stack | None = None
 _logins: dict[str, tuple[str, str]] = {}
 # What each gateway's [[auth.static]] holds: (token, user_id, device_id, scopes).
-static: dict[str, list[tuple]] = {"sg-legacy": [], "sg-delegated": []}
-# Extra config tables each gateway runs with (pending scenarios set these).
-extra: dict[str, dict] = {"sg-legacy": {}, "sg-delegated": {}}
+static: dict[str, list[tuple]] = {g: [] for g in st.GATEWAYS}
+# Extra config tables each gateway runs with (token scenarios set these).
+extra: dict[str, dict] = {g: {} for g in st.GATEWAYS}
 
 
 def stack() -> Stack:

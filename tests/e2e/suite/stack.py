@@ -1,13 +1,20 @@
 """The end-to-end stack: config files, processes, readiness.
 
-Five processes, all on 127.0.0.1, all started by this module with their PIDs in
+Seven processes, all on 127.0.0.1, all started by this module with their PIDs in
 `.state/pids/<name>.pid` (run.sh's trap kills exactly those, whatever happens):
 
     op            tests/e2e/provider.js (oidc-provider)
     hs-legacy     Synapse with its own password login (`syt_` tokens)
     hs-delegated  Synapse delegating token validation to `op` (matrix_authentication_service)
+    hs-relay      Synapse delegating token validation to sg-relay's introspection relay
     sg-legacy     scopegate in front of hs-legacy
     sg-delegated  scopegate in front of hs-delegated
+    sg-relay      scopegate in front of hs-relay, validating by introspection at `op`, and
+                  serving hs-relay's questions on its relay listener ([relay])
+
+hs-relay is a third Synapse rather than hs-delegated re-pointed: the scenarios
+that compare Synapse asking the provider itself (120 s cache) with Synapse asking
+the relay need both at once, and an idle Synapse costs ~120 MiB and no CPU.
 
 CLI (run.sh uses it): `python -m suite.stack up|down|status`.
 """
@@ -37,7 +44,15 @@ STACK_FILE = STATE / "stack.json"
 
 SERVER_NAME = "localhost"
 LEGACY_USERS = {"admin": True, "alice": False, "bob": False, "readbot": False}
-PROCS = ("op", "hs-legacy", "hs-delegated", "sg-legacy", "sg-delegated")
+PROCS = ("op", "hs-legacy", "hs-delegated", "hs-relay", "sg-legacy", "sg-delegated", "sg-relay")
+SYNAPSES = ("hs-legacy", "hs-delegated", "hs-relay")
+GATEWAYS = ("sg-legacy", "sg-delegated", "sg-relay")
+UPSTREAM = {"sg-legacy": "hs-legacy", "sg-delegated": "hs-delegated", "sg-relay": "hs-relay"}
+
+# sg-relay's token settings. The relay tells hs-relay `expires_in` <= RELAY_MAX_EXPIRES_IN
+# (and <= what is left of scopegate's own cache entry, RELAY_CACHE_TTL).
+RELAY_CACHE_TTL = 60
+RELAY_MAX_EXPIRES_IN = 10
 
 
 def password(user: str) -> str:
@@ -61,8 +76,7 @@ def new_stack() -> dict:
     venv = Path(os.environ.get("E2E_VENV", sys.prefix))
     binary = os.environ.get("SCOPEGATE_BIN") or str(REPO / "target" / "release" / "scopegate")
     ports = {}
-    for name in ("op", "hs-legacy", "hs-delegated", "sg-legacy", "sg-delegated",
-                 "sg-legacy-admin", "sg-delegated-admin"):
+    for name in ("op", *SYNAPSES, *GATEWAYS, *(f"{g}-admin" for g in GATEWAYS), "relay"):
         port = free_port()
         while port in ports.values():
             port = free_port()
@@ -141,9 +155,12 @@ def synapse_config(stack: dict, name: str) -> Path:
         cfg["registration_shared_secret"] = stack["registration_secret"]
         cfg["enable_registration"] = False
     else:
+        # hs-delegated asks the provider; hs-relay asks scopegate's relay. One
+        # secret both ways, as with MAS: the provider (or relay) checks it on the
+        # homeserver's questions, Synapse on the provider's provisioning calls.
         cfg["matrix_authentication_service"] = {
             "enabled": True,
-            "endpoint": f"{url(stack, 'op')}/",
+            "endpoint": f"{url(stack, 'op' if name == 'hs-delegated' else 'relay')}/",
             "secret": stack["mas_secret"],
         }
     path = d / "homeserver.yaml"
@@ -191,7 +208,7 @@ def scopegate_config(stack: dict, name: str, static=(), extra: dict | None = Non
     """Writes `.state/<name>.toml`. `static`: (token, user_id, device_id, scopes) tuples,
     stored as SHA-256 digests. `extra`: more TOML tables, merged into the document
     (e.g. {"auth": {"introspection": {...}}, "cache": {...}})."""
-    upstream = "hs-legacy" if name == "sg-legacy" else "hs-delegated"
+    upstream = UPSTREAM[name]
     doc: dict = {
         "server": {"listen": f"127.0.0.1:{stack['ports'][name]}", "worker_threads": 2},
         "upstream": {"url": url(stack, upstream), "response_header_timeout_s": 120,
@@ -200,6 +217,19 @@ def scopegate_config(stack: dict, name: str, static=(), extra: dict | None = Non
         "log": {"level": "info"},
         "auth": {"server_name": SERVER_NAME},
     }
+    if name == "sg-relay":
+        op = url(stack, "op")
+        doc["auth"].update({
+            "issuer": op,  # the relay serves the provider's discovery document
+            "introspection": {"enabled": True, "endpoint": op + "/oauth2/introspect",
+                              "client_id": "gateway", "client_secret": stack["gateway_secret"],
+                              "auth_method": "client_secret_basic", "timeout_ms": 2000},
+        })
+        doc["cache"] = {"max_ttl_s": RELAY_CACHE_TTL, "negative_ttl_s": 1, "capacity": 10000}
+        doc["relay"] = {"listen": f"127.0.0.1:{stack['ports']['relay']}",
+                        "secret": stack["mas_secret"],
+                        "widen_restricted_tokens": True,
+                        "max_expires_in_s": RELAY_MAX_EXPIRES_IN}
     entries = []
     for token, user_id, device_id, scopes in static:
         entry = {"token_sha256": sha256_hex(token), "user_id": user_id, "scopes": list(scopes)}
@@ -234,7 +264,7 @@ def command(stack: dict, name: str) -> tuple[list[str], dict, Path]:
             "OP_STATE_DIR": str(STATE / "op"),
             "OP_MAS_SECRET": stack["mas_secret"],
             "OP_GATEWAY_SECRET": stack["gateway_secret"],
-            "OP_SYNAPSE_URL": url(stack, "hs-delegated"),
+            "OP_SYNAPSE_URL": f"{url(stack, 'hs-delegated')} {url(stack, 'hs-relay')}",
         })
         return ["node", str(E2E / "provider.js")], env, E2E
     if name.startswith("hs-"):
@@ -343,8 +373,10 @@ READY = {
     "op": "/.well-known/openid-configuration",
     "hs-legacy": "/_matrix/client/versions",
     "hs-delegated": "/_matrix/client/versions",
+    "hs-relay": "/_matrix/client/versions",
     "sg-legacy": "/_matrix/client/versions",
     "sg-delegated": "/_matrix/client/versions",
+    "sg-relay": "/_matrix/client/versions",
 }
 
 
@@ -381,7 +413,7 @@ def register_users(stack: dict) -> None:
 
 def up() -> None:
     down(quiet=True)
-    for child in ("hs-legacy", "hs-delegated", "op", "logs", "pids"):
+    for child in (*SYNAPSES, "op", "logs", "pids"):
         subprocess.run(["rm", "-rf", str(STATE / child)], check=True)
     for f in STATE.glob("sg-*.toml"):
         f.unlink()
@@ -389,26 +421,27 @@ def up() -> None:
     stack = new_stack()
     STACK_FILE.write_text(json.dumps(stack, indent=1))
     venv_bin = Path(stack["venv"]) / "bin"
-    for hs in ("hs-legacy", "hs-delegated"):
+    for hs in SYNAPSES:
         synapse_config(stack, hs)
         subprocess.run([str(venv_bin / "generate_signing_key"), "-o",
                         str(STATE / hs / "signing.key")], check=True)
-    for sg in ("sg-legacy", "sg-delegated"):
+    for sg in GATEWAYS:
         scopegate_config(stack, sg)
 
     t0 = time.monotonic()
-    for name in ("op", "hs-legacy", "hs-delegated"):
+    for name in ("op", *SYNAPSES):
         start(name, stack)
-    for name in ("op", "hs-legacy", "hs-delegated"):
+    for name in ("op", *SYNAPSES):
         wait_ready(name, stack, timeout=90)
-    print(f"stack: provider and both Synapses ready in {time.monotonic() - t0:.1f}s", flush=True)
+    print(f"stack: provider and {len(SYNAPSES)} Synapses ready in {time.monotonic() - t0:.1f}s",
+          flush=True)
     t1 = time.monotonic()
     register_users(stack)
     print(f"stack: {len(LEGACY_USERS)} users registered in {time.monotonic() - t1:.1f}s",
           flush=True)
-    for name in ("sg-legacy", "sg-delegated"):
+    for name in GATEWAYS:
         start(name, stack)
-    for name in ("sg-legacy", "sg-delegated"):
+    for name in GATEWAYS:
         wait_ready(name, stack, timeout=30)
     print("stack: up —", ", ".join(f"{n} {url(stack, n)}" for n in PROCS), flush=True)
 

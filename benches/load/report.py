@@ -288,7 +288,7 @@ def chart(png, order, labels, s, meta, pinned):
                 f.write(f"{label}\t{s[cid]['rps'] or 0:.0f}\t{(s[cid]['p99'] or 0) / 1000:.3f}\t{rl}\n")
         title = f"{meta.get('date', '')}, {meta.get('nproc', '?')} CPUs" + (", pinned" if pinned else ", unpinned")
         script = f"""
-set terminal pngcairo size 1280,600 font "sans,10" noenhanced
+set terminal pngcairo size 1400,620 font "sans,10" noenhanced
 set output "{png}"
 set datafile separator "\\t"
 set style data histograms
@@ -299,7 +299,7 @@ set grid ytics
 set offsets 0, 0, graph 0.1, 0
 set xtics rotate by -30 left nomirror
 set bmargin 9
-set rmargin 9
+set rmargin 16
 set key off
 set multiplot layout 1,2 title "scopegate load harness ({title})"
 set title "throughput, req/s (median; label: x nginx plain)"

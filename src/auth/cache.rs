@@ -45,10 +45,12 @@ pub(crate) struct CacheKey {
 
 impl CacheKey {
     pub(crate) fn new(token: &str, profile: Profile) -> Self {
-        CacheKey {
-            token: TokenDigest::of(token),
-            profile,
-        }
+        Self::of_digest(TokenDigest::of(token), profile)
+    }
+
+    /// For a token already hashed: one SHA-256 per request, not two.
+    pub(crate) fn of_digest(token: TokenDigest, profile: Profile) -> Self {
+        CacheKey { token, profile }
     }
 }
 

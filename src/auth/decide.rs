@@ -69,19 +69,22 @@ fn looks_like_jwt(token: &str) -> bool {
         return false;
     };
     // A header of a few hundred bytes is plenty; refuse to decode a huge one.
+    // Decoded on the stack: this runs on every request, cache hits included.
+    let mut buf = [0u8; 1536];
     if header.len() > 2048 {
         return false;
     }
-    let Ok(json) = URL_SAFE_NO_PAD.decode(header) else {
+    let Ok(len) = URL_SAFE_NO_PAD.decode_slice(header, &mut buf) else {
         return false;
     };
-    // This runs on cache hits too: check the shape without building a map.
+    let json = &buf[..len];
+    // Check the shape without building a map.
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "alg")]
         _alg: serde::de::IgnoredAny,
     }
-    serde_json::from_slice::<Probe>(&json).is_ok()
+    serde_json::from_slice::<Probe>(json).is_ok()
 }
 
 #[cfg(test)]

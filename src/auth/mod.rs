@@ -224,7 +224,8 @@ impl Authenticator {
         token: &str,
         client: Option<std::net::IpAddr>,
     ) -> (Result<Arc<Identity>, AuthError>, bool) {
-        if let Some(identity) = self.static_table.lookup(token) {
+        let digest = TokenDigest::of(token);
+        if let Some(identity) = self.static_table.lookup_digest(&digest) {
             self.metrics.validated("static", "valid");
             return (Ok(identity), true);
         }
@@ -253,7 +254,7 @@ impl Authenticator {
                 return (result, true);
             }
         };
-        let key = CacheKey::new(token, profile);
+        let key = CacheKey::of_digest(digest, profile);
         if let Some(verdict) = self.cache.cached(&key).await {
             self.metrics.cache_hits.inc();
             return (verdict.into_result(), true);

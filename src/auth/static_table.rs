@@ -81,7 +81,11 @@ impl StaticTable {
     }
 
     pub fn lookup(&self, token: &str) -> Option<Arc<Identity>> {
-        self.entries.get(&TokenDigest::of(token)).cloned()
+        self.lookup_digest(&TokenDigest::of(token))
+    }
+
+    pub fn lookup_digest(&self, digest: &TokenDigest) -> Option<Arc<Identity>> {
+        self.entries.get(digest).cloned()
     }
 
     pub fn is_empty(&self) -> bool {

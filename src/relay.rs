@@ -6,14 +6,14 @@
 //! every token a second time, cache the answer for two minutes with no way to
 //! revoke it, and refuse every token without full access. Pointed here, it
 //! gets its answers from the gateway's own cache and validators: one provider
-//! lookup per token serves both, a logout the gateway saw is seen by the
-//! homeserver at its next question, and narrow tokens the gateway enforces can
-//! be vouched for (`widen_restricted_tokens`).
+//! lookup per token serves both, a token the gateway stopped believing is
+//! refused at the homeserver's next question, and narrow tokens the gateway
+//! enforces can be vouched for (`widen_restricted_tokens`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -52,14 +52,6 @@ pub struct RelayConfig {
     /// is reachable through scopegate alone.
     #[serde(default)]
     pub widen_restricted_tokens: bool,
-    /// Upper bound of the `expires_in` told to the homeserver: how long it
-    /// may go on without asking again.
-    #[serde(default = "default_max_expires_in_s")]
-    pub max_expires_in_s: u64,
-}
-
-fn default_max_expires_in_s() -> u64 {
-    30
 }
 
 impl RelayConfig {
@@ -83,7 +75,6 @@ pub struct Relay {
     server_name: String,
     public_url: String,
     widen: bool,
-    max_expires_in: Duration,
     discovery: Option<Uri>,
     http: HttpClient,
     cached_discovery: Mutex<Option<(std::time::Instant, Map<String, Value>)>>,
@@ -142,7 +133,6 @@ impl Relay {
                 .trim_end_matches('/')
                 .to_string(),
             widen: cfg.widen_restricted_tokens,
-            max_expires_in: Duration::from_secs(cfg.max_expires_in_s.max(1)),
             discovery,
             http: HttpClient::new(),
             cached_discovery: Mutex::new(None),
@@ -245,30 +235,29 @@ impl Relay {
                 .find_map(|s| s.strip_prefix(DEVICE_PREFIX))
                 .map(str::to_string)
         });
-        let bound = self
-            .gateway
-            .authenticator()
-            .remaining(identity)
-            .map_or(self.max_expires_in, |r| r.min(self.max_expires_in));
-        // The homeserver counts a token active while now < fetched + expires_in.
-        let expires_in = bound.as_secs().max(1);
         let mut body = json!({
             "active": true,
             "scope": scopes.join(" "),
             "username": username,
             "sub": identity.user_id,
-            "expires_in": expires_in,
         });
+        // The token's own remaining lifetime, as MAS gives it. Not shorter:
+        // Synapse keeps an answer two minutes without asking again and
+        // counts the token dead once `expires_in` has passed, so a shorter
+        // value would end sessions the gateway still accepts. Without an
+        // expiry (legacy, static tokens) the field is left out, as MAS does.
+        if let Some(exp) = identity.expires_at {
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
+            body["expires_in"] = json!(left.as_secs().max(1));
+            if let Ok(exp) = exp.duration_since(UNIX_EPOCH) {
+                body["exp"] = json!(exp.as_secs());
+            }
+        }
         if let Some(device_id) = device_id {
             body["device_id"] = json!(device_id);
         }
         if let Some(client_id) = &identity.client_id {
             body["client_id"] = json!(client_id);
-        }
-        if let Some(exp) = identity.expires_at {
-            if let Ok(exp) = exp.duration_since(UNIX_EPOCH) {
-                body["exp"] = json!(exp.as_secs());
-            }
         }
         Some(body)
     }

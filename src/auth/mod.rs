@@ -82,7 +82,6 @@ pub struct Authenticator {
     introspection: Option<Validator<Introspector>>,
     legacy: Option<Validator<LegacyValidator>>,
     cache: TokenCache,
-    max_ttl: Duration,
     limiter: InvalidTokenLimiter,
     metrics: Arc<AuthMetrics>,
 }
@@ -175,7 +174,6 @@ impl Authenticator {
             introspection,
             legacy,
             cache: token_cache,
-            max_ttl: cache.max_ttl(),
             limiter,
             metrics,
         })
@@ -191,20 +189,6 @@ impl Authenticator {
     /// without asking a provider (static table, offline check or cache).
     pub async fn lookup(&self, token: &str) -> (Result<Arc<Identity>, AuthError>, bool) {
         self.authenticate_inner(token, None).await
-    }
-
-    /// How much longer the gateway will believe `identity` without asking
-    /// again: the token's own expiry and the cache bound. `None`: no bound
-    /// (static tokens, which are never cached).
-    pub fn remaining(&self, identity: &Identity) -> Option<Duration> {
-        if identity.source == "static" {
-            return None;
-        }
-        let cached = self.max_ttl.saturating_sub(identity.validated_at.elapsed());
-        let own = identity
-            .expires_at
-            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
-        Some(own.map_or(cached, |own| own.min(cached)))
     }
 
     /// Validates a token a client presented. Cache hits cost the provider

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# scopegate's end-to-end suite: scopegate (release build) in front of two real
-# Synapse homeservers, with a real OpenID provider (panva's oidc-provider) and a
-# real Matrix client library (matrix-nio). Everything listens on 127.0.0.1 only.
+# scopegate's end-to-end suite: scopegate (release build) in front of three real
+# Synapse homeservers (legacy login; delegated to the provider; delegated to
+# scopegate's introspection relay), with a real OpenID provider (panva's
+# oidc-provider) and a real Matrix client library (matrix-nio). Everything
+# listens on 127.0.0.1 only.
 #
 #   tests/e2e/run.sh                 install what is missing, build, start, test, stop
-#   E2E_PENDING=1 tests/e2e/run.sh   also run the scenarios waiting for scopegate features
-#   E2E_ONLY=hostile tests/e2e/run.sh   only the scenarios whose name contains the text
+#   E2E_ONLY=hostile tests/e2e/run.sh   only the scenarios whose name contains the text (a|b: either)
+#   E2E_PENDING=1 tests/e2e/run.sh   also run scenarios marked pending (none today)
 #   E2E_KEEP=1 tests/e2e/run.sh      leave the stack running afterwards, pass or fail
 #                                    (stop it: tests/e2e/run.sh --down)
 #
 # Installs are cached outside the tracked files: the Python venv in
 # ${E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scopegate-e2e}, node_modules in tests/e2e/
 # (gitignored). Runtime state (configs, SQLite DBs, logs) is in tests/e2e/.state/.
+# The binary is built into $CARGO_TARGET_DIR if set, else the repository's target/.
 # The last line is `N passed, N failed`; the exit status is non-zero if anything failed.
 set -euo pipefail
 

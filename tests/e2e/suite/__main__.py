@@ -2,7 +2,7 @@
 
 import sys
 
-from . import pending, scenarios  # noqa: F401 - registering the scenarios is the import
+from . import scenarios, tokens, relay  # noqa: F401 - registering the scenarios is the import
 from .harness import run_all
 
 sys.exit(run_all())

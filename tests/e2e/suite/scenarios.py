@@ -1,6 +1,6 @@
-"""Scenarios that run against scopegate as it is today: static tokens
-(`[[auth.static]]`), the placeholder rules (full access passes; `/login` and
-`/versions` are public), canonicalization, streaming, upstream errors.
+"""The provider and the delegated Synapse on their own, then scopegate with static
+tokens (`[[auth.static]]`): the shipped rules, canonicalization and framing
+(hostile input), streaming, long-polls, upstream errors.
 
 Numbers in test names are issue 6's scenario numbers."""
 
@@ -449,11 +449,11 @@ def _smuggle(te_first: bool):
     return build
 
 
-# Issue 6 asks for a refusal (RFC 9112 §6.1 allows one); hyper instead reads the
-# body as chunked, forwards, and closes the connection. The second test checks
-# the part that matters most either way: the smuggled request never arrives.
-_hostile("Content-Length + Transfer-Encoding (CL first)", _smuggle(False), framing=True)
-_hostile("Transfer-Encoding + Content-Length (TE first)", _smuggle(True), framing=True)
+# RFC 9112 §6.1 allows refusing a request framed both ways; scopegate does, with
+# its own 400 Matrix error (hyper alone would read the body as chunked and forward
+# it). The next test checks that the request smuggled in the body never arrives.
+_hostile("Content-Length + Transfer-Encoding (CL first)", _smuggle(False))
+_hostile("Transfer-Encoding + Content-Length (TE first)", _smuggle(True))
 
 
 @scenario("11 hostile input: a request smuggled behind CL+TE never reaches Synapse")
@@ -466,15 +466,50 @@ def smuggled_request_never_arrives():
         status, reply = raw_request(port, _smuggle(te_first)(m, token, port))
         check(status is not None, f"no response: {reply[:200]!r}")
         check(reply.count(b"HTTP/1.1 ") == 1, f"more than one response: {reply[:600]!r}")
-        head = reply.split(b"\r\n\r\n", 1)[0].lower()
-        check(status >= 400 or b"connection: close" in head,
-              f"an accepted CL+TE request must close the connection (RFC 9112 §6.3): {head!r}")
+        check(400 <= status < 500, f"CL+TE refused by scopegate: {reply[:300]!r}")
         control = marker("ok")
         raw_request(port, (f"GET /_matrix/client/v3/rooms/!{control}:localhost/state HTTP/1.1\r\n"
                            f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
                            "Connection: close\r\n\r\n").encode())
         poll(lambda: s.log_contains("hs-legacy", control), 10, 0.1, "the control request in Synapse's log")
         check(not s.log_contains("hs-legacy", f"{m}in"), "the smuggled request reached Synapse")
+
+
+@scenario("11 legitimate chunked requests (Transfer-Encoding, no Content-Length) pass on a "
+          "keep-alive connection: small and 40 KB message sends")
+def chunked_requests_pass():
+    # The CL+TE refusal must not catch chunked requests that are framed one way.
+    s = S()
+    token, _ = fx.legacy_token("alice")
+    base = s.url("sg-legacy")
+    h = {**bearer(token), "Content-Type": "application/json"}
+    with requests.Session() as http:
+        r = http.post(base + "/_matrix/client/v3/createRoom", headers=h, json={"name": "chunked"}, timeout=10)
+        check(r.status_code == 200, f"createRoom: {r.status_code} {r.text[:200]}")
+        room = requests.utils.quote(r.json()["room_id"], safe="")
+        body = f"chunked {marker()}"
+        parts = [b'{"msgtype": "m.text", ', f'"body": "{body}"}}'.encode()]
+        r = http.put(f"{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{marker('t')}",
+                     headers=h, data=iter(parts), timeout=10)
+        check(r.request.headers.get("transfer-encoding") == "chunked"
+              and "content-length" not in r.request.headers, f"sent chunked: {r.request.headers}")
+        check(r.status_code == 200 and r.json().get("event_id"),
+              f"chunked message send: {r.status_code} {r.text[:300]}")
+        # Larger than the framing check's 16 KiB window of recent input, sent in
+        # 4 KiB chunks. (Media uploads cannot be chunked: Synapse requires a
+        # Content-Length there.)
+        big = "x" * 40000
+        parts = [b'{"msgtype": "m.text", "body": "'] + [big[i:i + 4096].encode() for i in range(0, len(big), 4096)] \
+            + [b'"}']
+        r = http.put(f"{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{marker('t')}",
+                     headers=h, data=iter(parts), timeout=10)
+        check(r.status_code == 200 and r.json().get("event_id"),
+              f"chunked 40 KB message send: {r.status_code} {r.text[:300]}")
+        event_id = r.json()["event_id"]
+        r = http.get(f"{base}/_matrix/client/v3/rooms/{room}/event/{requests.utils.quote(event_id, safe='')}",
+                     headers=bearer(token), timeout=10)
+        check(r.status_code == 200 and r.json().get("content", {}).get("body") == big,
+              f"the 40 KB message arrived whole: {r.status_code}")
 
 
 _hostile("two different Content-Lengths", lambda m, t, p: (

@@ -49,10 +49,9 @@ SYNAPSES = ("hs-legacy", "hs-delegated", "hs-relay")
 GATEWAYS = ("sg-legacy", "sg-delegated", "sg-relay")
 UPSTREAM = {"sg-legacy": "hs-legacy", "sg-delegated": "hs-delegated", "sg-relay": "hs-relay"}
 
-# sg-relay's token settings. The relay tells hs-relay `expires_in` <= RELAY_MAX_EXPIRES_IN
-# (and <= what is left of scopegate's own cache entry, RELAY_CACHE_TTL).
+# sg-relay's token cache lifetime. The relay tells hs-relay each token's own
+# remaining lifetime as `expires_in` (Synapse keeps an answer 120 s regardless).
 RELAY_CACHE_TTL = 60
-RELAY_MAX_EXPIRES_IN = 10
 
 
 def password(user: str) -> str:
@@ -228,8 +227,7 @@ def scopegate_config(stack: dict, name: str, static=(), extra: dict | None = Non
         doc["cache"] = {"max_ttl_s": RELAY_CACHE_TTL, "negative_ttl_s": 1, "capacity": 10000}
         doc["relay"] = {"listen": f"127.0.0.1:{stack['ports']['relay']}",
                         "secret": stack["mas_secret"],
-                        "widen_restricted_tokens": True,
-                        "max_expires_in_s": RELAY_MAX_EXPIRES_IN}
+                        "widen_restricted_tokens": True}
     entries = []
     for token, user_id, device_id, scopes in static:
         entry = {"token_sha256": sha256_hex(token), "user_id": user_id, "scopes": list(scopes)}

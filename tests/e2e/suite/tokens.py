@@ -1,10 +1,11 @@
-"""Scenarios that need scopegate features still being integrated. Each names what
-it waits for; the default run reports them as skipped, `E2E_PENDING=1` runs them.
+"""Token validation against the real provider: introspection (`[auth.introspection]`),
+local JWT validation (`[auth.jwt]`), legacy whoami (`[auth.legacy]`), the cache
+(`[cache]`), and the static-table forms of the widget and bot scenarios. Each
+scenario that needs other settings rewrites its gateway's config and restarts it
+(`configure`).
 
-The config keys they use are the agreed ones: `[auth] issuer`; `[auth.jwt]
-enabled, audiences, algorithms, leeway_s, jwks_uri`; `[auth.introspection]
-enabled, endpoint, client_id, client_secret, auth_method, timeout_ms`;
-`[auth.legacy] enabled, scopes`; `[cache] max_ttl_s, negative_ttl_s, capacity`."""
+Numbers in test names are issue 6's scenario numbers.
+"""
 
 from __future__ import annotations
 
@@ -32,12 +33,6 @@ from .harness import bearer, check, expect_matrix_error, marker, poll, scenario
 from .scenarios import SYNC_FILTER
 
 FULL = oidc.FULL
-INTROSPECTION = "[auth.introspection] (RFC 7662 validator) and [cache]"
-JWT = "[auth.jwt] (local RFC 9068 validation, JWKS)"
-LEGACY = "[auth.legacy] (whoami validation of syt_ tokens) and logout eviction"
-RULES = "the rule engine (scopes.toml with capture-bound scope templates)"
-RELAY = "the introspection relay (homeserver integration issue)"
-
 CACHE_TTL = 5  # [cache] max_ttl_s for these scenarios: bounds revocation latency
 
 
@@ -112,8 +107,7 @@ async def matrix_flow(gateway: str, user: str, token: str, device: str, media: b
 # ================================================================== 1
 
 
-@scenario("1 full-access OIDC token, introspected: nio flow with 11 MiB media, revocation",
-          pending=INTROSPECTION)
+@scenario("1 full-access OIDC token, introspected: nio flow with 11 MiB media, revocation")
 async def introspected_flow():
     s = S()
     await asyncio.to_thread(configure, "sg-delegated", introspection_cfg())
@@ -131,7 +125,7 @@ async def introspected_flow():
     expect_matrix_error(whoami("sg-delegated", token), 401, "M_UNKNOWN_TOKEN", "revoked token")
 
 
-@scenario("1 introspection client authentication: client_secret_post and bearer", pending=INTROSPECTION)
+@scenario("1 introspection client authentication: client_secret_post and bearer")
 def introspection_auth_methods():
     s = S()
     for method, client in (("client_secret_post", "gateway-post"), ("bearer", "gateway")):
@@ -148,7 +142,7 @@ def introspection_auth_methods():
 # ================================================================== 2
 
 
-@scenario("2 full-access JWT validated locally: nio flow, no introspection by scopegate", pending=JWT)
+@scenario("2 full-access JWT validated locally: nio flow, no introspection by scopegate")
 async def jwt_flow():
     s = S()
     await asyncio.to_thread(configure, "sg-delegated", jwt_cfg())
@@ -179,7 +173,7 @@ async def jwt_flow():
 # ================================================================== 3
 
 
-@scenario("3 legacy syt_ token validated by whoami: nio flow, logout evicts at once", pending=LEGACY)
+@scenario("3 legacy syt_ token validated by whoami: nio flow, logout evicts at once")
 async def legacy_whoami_validation():
     s = S()
     await asyncio.to_thread(configure, "sg-legacy",
@@ -206,12 +200,12 @@ async def legacy_whoami_validation():
 # ================================================================== 4
 
 
-@scenario("4 widget token: posts m.room.message into room A only; everything else 403 insufficient_scope",
-          )
+@scenario("4 widget token (static digest, legacy Synapse): posts m.room.message into room A only; "
+          "everything else 403 insufficient_scope")
 async def widget_token():
-    # Restricted tokens reach Synapse only as a token Synapse accepts: here a real
-    # syt_ session of alice's, listed in scopegate with the widget's scopes. (With
-    # the introspection relay, the same runs on the delegated Synapse: pending RELAY.)
+    # A real syt_ session of bob's, listed in scopegate with the widget's scopes.
+    # The provider-minted form, on a delegated Synapse that asks scopegate's relay,
+    # is in relay.py.
     s = S()
     owner, owner_dev = await asyncio.to_thread(fx.legacy_token, "bob")
     widget_tok, widget_dev = await fx.nio_login("sg-legacy", "bob", "e2e-widget")
@@ -303,8 +297,7 @@ async def read_only_bot():
 # ================================================================== 6
 
 
-@scenario("6 token lifecycle: refresh rotation, expiry, revocation latency vs Synapse's cache",
-          pending=INTROSPECTION, timeout=240)
+@scenario("6 token lifecycle: refresh rotation, expiry, revocation latency vs Synapse's cache", timeout=240)
 def token_lifecycle():
     s = S()
     configure("sg-delegated", introspection_cfg())
@@ -345,8 +338,7 @@ def token_lifecycle():
 # ================================================================== 7
 
 
-@scenario("7 device authorization grant: a device-flow token works end to end through scopegate",
-          pending=INTROSPECTION)
+@scenario("7 device authorization grant: a device-flow token works end to end through scopegate")
 async def device_grant_flow():
     s = S()
     await asyncio.to_thread(configure, "sg-delegated", introspection_cfg())
@@ -357,8 +349,7 @@ async def device_grant_flow():
 # ================================================================== 8
 
 
-@scenario("8 provider outage: cached tokens work until cache expiry, new ones 503, service resumes",
-          pending=INTROSPECTION, timeout=180)
+@scenario("8 provider outage: cached tokens work until cache expiry, new ones 503, service resumes", timeout=180)
 def provider_outage():
     s = S()
     ttl = 8

@@ -13,8 +13,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use prometheus::IntGauge;
+
+use super::upstream::ResponseBody;
 
 pub struct GateBody {
     inner: Inner,
@@ -22,12 +23,12 @@ pub struct GateBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(ResponseBody),
     Full(Full<Bytes>),
 }
 
 impl GateBody {
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: ResponseBody) -> Self {
         GateBody {
             inner: Inner::Upstream(body),
             _in_flight: None,

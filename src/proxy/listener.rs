@@ -5,6 +5,13 @@
 //! hyper times out slow headers only once it has picked a protocol, and has
 //! no idle timeout; each connection therefore runs under a small watchdog
 //! that closes it when no request has been in flight for too long.
+//!
+//! Memory per connection matters here: a client holding a `/sync` long-poll
+//! keeps its connection, and everything hyper allocated for it, for minutes.
+//! So the protocol is chosen before hyper sees the connection (ALPN, or a
+//! peek at the first bytes), which spares hyper-util's version sniffing: it
+//! hands its first 24 bytes back to hyper as a separate read, and hyper's
+//! read buffer then doubles to 16 KiB for the life of the connection.
 
 use std::convert::Infallible;
 use std::io;
@@ -13,13 +20,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery};
+use http::Uri;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -102,7 +112,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let protocols = Arc::new(Protocols {
+        h1: builder.clone().http1_only(),
+        h2: builder.clone().http2_only(),
+        sniff: builder,
+    });
 
     loop {
         let permit = tokio::select! {
@@ -123,51 +137,35 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
+        let protocols = protocols.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         let open = open_tx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _open = open;
-            gateway.metrics.connections.inc();
-            match tls {
-                None => {
-                    run_connection(
-                        stream,
-                        peer,
-                        "http",
-                        &builder,
-                        &limits,
-                        gateway.clone(),
-                        shutdown,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            run_connection(
-                                stream,
-                                peer,
-                                "https",
-                                &builder,
-                                &limits,
-                                gateway.clone(),
-                                shutdown,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+        // Two task types, so that a plaintext connection's task is not sized
+        // for a TLS session it does not have.
+        match tls.clone() {
+            None => {
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _open = open;
+                    gateway.metrics.connections.inc();
+                    serve_plain(stream, peer, &protocols, &limits, &gateway, shutdown).await;
+                    gateway.metrics.connections.dec();
+                });
             }
-            gateway.metrics.connections.dec();
-        });
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _open = open;
+                    gateway.metrics.connections.inc();
+                    serve_tls(
+                        stream, peer, acceptor, &protocols, &limits, &gateway, shutdown,
+                    )
+                    .await;
+                    gateway.metrics.connections.dec();
+                });
+            }
+        }
     }
     // Closing the listening socket makes the kernel refuse new connections.
     drop(listener);
@@ -176,18 +174,172 @@ pub async fn serve(
     tokio::time::timeout(drain, open_rx.recv()).await.is_ok()
 }
 
+/// One connection builder per way of picking the protocol.
+struct Protocols {
+    /// HTTP/1 only: no version sniffing, nothing replayed to hyper.
+    h1: auto::Builder<TokioExecutor>,
+    /// HTTP/2 only (ALPN `h2`, or the HTTP/2 preface seen).
+    h2: auto::Builder<TokioExecutor>,
+    /// Either, sniffed by hyper-util: when the first bytes did not tell.
+    sniff: auto::Builder<TokioExecutor>,
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes a client sent say about its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstBytes {
+    Http1,
+    Http2,
+    /// A strict prefix of the HTTP/2 preface: not enough to tell.
+    Unsure,
+    /// Closed before sending anything.
+    Nothing,
+}
+
+fn classify(first: &[u8]) -> FirstBytes {
+    let n = first.len().min(H2_PREFACE.len());
+    if first.is_empty() {
+        FirstBytes::Nothing
+    } else if first[..n] != H2_PREFACE[..n] {
+        FirstBytes::Http1
+    } else if n == H2_PREFACE.len() {
+        FirstBytes::Http2
+    } else {
+        FirstBytes::Unsure
+    }
+}
+
+/// Waits for a plaintext client's first bytes and looks at them without
+/// consuming them.
+async fn peek_protocol(stream: &TcpStream) -> io::Result<FirstBytes> {
+    let mut first = [0u8; 24];
+    let n = stream.peek(&mut first).await?;
+    Ok(classify(&first[..n]))
+}
+
+async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    protocols: &Protocols,
+    limits: &Limits,
+    gateway: &Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(ConnActivity::new());
+    // Until a first byte arrives, the connection is waiting for its first
+    // request: the header timeout applies, and shutdown closes it.
+    let first = tokio::select! {
+        first = tokio::time::timeout(limits.header_read_timeout, peek_protocol(&stream)) => first,
+        _ = shutdown.changed() => return,
+    };
+    let builder = match first {
+        Ok(Ok(FirstBytes::Http1)) => &protocols.h1,
+        Ok(Ok(FirstBytes::Http2)) => &protocols.h2,
+        Ok(Ok(FirstBytes::Unsure)) => &protocols.sniff,
+        Ok(Ok(FirstBytes::Nothing)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "closing idle connection");
+            return;
+        }
+    };
+    run_connection(
+        stream,
+        peer,
+        "http",
+        builder,
+        limits,
+        activity,
+        gateway.clone(),
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    protocols: &Protocols,
+    limits: &Limits,
+    gateway: &Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(ConnActivity::new());
+    let stream =
+        match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+    // ALPN tells; a client that offered none is sniffed.
+    let builder = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => &protocols.h2,
+        Some(b"http/1.1") => &protocols.h1,
+        _ => &protocols.sniff,
+    };
+    run_connection(
+        stream,
+        peer,
+        "https",
+        builder,
+        limits,
+        activity,
+        gateway.clone(),
+        shutdown,
+    )
+    .await
+}
+
+/// hyper parses a request head in place: the URI and the header values are
+/// views of the connection's read buffer, and keep it alive as long as any
+/// of them is. The headers go upstream and are dropped once written there,
+/// but the gateway keeps the URI until the response (for its access log),
+/// which for a long-poll is minutes: a copy of the target lets hyper's
+/// buffer go as soon as the request has been forwarded.
+fn detach_uri(uri: &mut Uri) {
+    let mut parts = std::mem::take(uri).into_parts();
+    if let Some(authority) = &parts.authority {
+        if let Ok(copy) =
+            Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_str().as_bytes()))
+        {
+            parts.authority = Some(copy);
+        }
+    }
+    if let Some(pq) = &parts.path_and_query {
+        if let Ok(copy) =
+            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))
+        {
+            parts.path_and_query = Some(copy);
+        }
+    }
+    *uri = Uri::from_parts(parts).expect("the same parts, copied");
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_connection<I>(
     io: I,
     peer: SocketAddr,
     proto: &'static str,
     builder: &auto::Builder<TokioExecutor>,
     limits: &Limits,
+    activity: Arc<ConnActivity>,
     gateway: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(ConnActivity::new());
     let recent = Arc::new(RecentInput::default());
     let info = Arc::new(ConnInfo {
         peer,
@@ -195,7 +347,8 @@ async fn run_connection<I>(
         activity: activity.clone(),
         recent: recent.clone(),
     });
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        detach_uri(req.uri_mut());
         let gateway = gateway.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(gateway.handle(req, &info).await) }
@@ -301,5 +454,48 @@ pub async fn serve_internal<F, Fut>(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_tell_the_protocol() {
+        assert_eq!(classify(b""), FirstBytes::Nothing);
+        assert_eq!(
+            classify(b"GET /_matrix/client/v3/sync HTTP/1.1\r\n"),
+            FirstBytes::Http1
+        );
+        assert_eq!(classify(b"G"), FirstBytes::Http1);
+        // An HTTP/1 method that starts like the preface, then differs.
+        assert_eq!(classify(b"PRIVATE / HTTP/1.1\r\n"), FirstBytes::Http1);
+        assert_eq!(classify(H2_PREFACE), FirstBytes::Http2);
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04"),
+            FirstBytes::Http2
+        );
+        assert_eq!(classify(b"PRI * HTTP/2"), FirstBytes::Unsure);
+        assert_eq!(classify(b"P"), FirstBytes::Unsure);
+    }
+
+    #[test]
+    fn a_detached_uri_is_equal_and_owns_its_bytes() {
+        for target in [
+            "/_matrix/client/v3/sync?timeout=30000&since=s1",
+            "/",
+            "http://example.org:8448/_matrix/federation/v1/version",
+            "*",
+        ] {
+            let shared = Bytes::from(target.as_bytes().to_vec());
+            let mut uri = Uri::from_maybe_shared(shared.clone()).unwrap();
+            detach_uri(&mut uri);
+            assert_eq!(uri, target);
+            if let Some(pq) = uri.path_and_query() {
+                let range = shared.as_ptr_range();
+                assert!(!range.contains(&pq.as_str().as_ptr()), "{target}");
+            }
+        }
     }
 }

@@ -45,6 +45,7 @@ pub struct ConnInfo {
 /// Request-handling settings from `[server]`.
 pub struct Settings {
     pub max_path_bytes: usize,
+    pub max_header_bytes: usize,
     pub allow_query_token: bool,
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -174,6 +175,9 @@ impl Gateway {
         };
         if framed_twice(&req, conn) {
             return Outcome::refused(Refusal::AmbiguousFraming, "-", None);
+        }
+        if headers::header_bytes(req.headers()) > self.settings.max_header_bytes {
+            return Outcome::refused(Refusal::HeadersTooLarge, "-", None);
         }
         // 2. route
         let route = rules.route(req.method(), target.path);

@@ -45,6 +45,7 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
     let upstream = Upstream::new(&config.upstream, ca_file.as_deref())?;
     let settings = Settings {
         max_path_bytes: config.server.max_path_bytes,
+        max_header_bytes: config.server.max_header_bytes,
         allow_query_token: config.server.allow_query_token,
         trusted_proxies: config.server.trusted_proxies.iter().map(|p| p.0).collect(),
     };

@@ -308,3 +308,23 @@ async fn chunked_requests_still_pass() {
     assert_eq!(seen.len(), 2);
     assert_eq!(&seen[1].1[..], b"hello");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await; // max_header_bytes = 64 KiB
+    for pad in [70_000, 200_000] {
+        let request = format!(
+            "GET /_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {FULL_TOKEN}\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(pad)
+        );
+        let response = raw(gate.addr, request.as_bytes(), Duration::from_secs(5));
+        assert!(
+            response.starts_with("HTTP/1.1 431"),
+            "{pad}: {}",
+            &response[..response.len().min(200)]
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}

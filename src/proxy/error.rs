@@ -15,6 +15,7 @@ use crate::canonical::TargetError;
 pub enum Refusal {
     BadTarget(TargetError),
     AmbiguousFraming,
+    HeadersTooLarge,
     MissingToken(&'static str),
     UnknownToken { soft_logout: bool },
     InsufficientScope { required: String },
@@ -56,7 +57,9 @@ impl Decision {
 impl Refusal {
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::BadTarget(_) | Refusal::AmbiguousFraming => Decision::BadRequest,
+            Refusal::BadTarget(_) | Refusal::AmbiguousFraming | Refusal::HeadersTooLarge => {
+                Decision::BadRequest
+            }
             Refusal::MissingToken(_) => Decision::Unauthenticated,
             Refusal::UnknownToken { .. } => Decision::InvalidToken,
             Refusal::InsufficientScope { .. } | Refusal::NoRoute => Decision::Denied,
@@ -69,6 +72,7 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadTarget(_) | Refusal::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::MissingToken(_) | Refusal::UnknownToken { .. } => StatusCode::UNAUTHORIZED,
             Refusal::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Refusal::NoRoute => StatusCode::NOT_FOUND,
@@ -83,6 +87,9 @@ impl Refusal {
         match self {
             Refusal::BadTarget(e) => {
                 json!({"errcode": "M_UNRECOGNIZED", "error": format!("Bad request target: {e}")})
+            }
+            Refusal::HeadersTooLarge => {
+                json!({"errcode": "M_TOO_LARGE", "error": "Request header fields too large"})
             }
             Refusal::AmbiguousFraming => json!({
                 "errcode": "M_UNRECOGNIZED",

@@ -43,6 +43,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The size of a request's header section as it was sent (names, values,
+/// `: ` and CRLF). hyper's buffer limit is approximate: a head can pass it by
+/// up to a read's worth of bytes, so `max_header_bytes` is enforced here.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 /// How the client reached the gateway.
 pub struct ClientView<'a> {
     pub peer: IpAddr,

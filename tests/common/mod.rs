@@ -201,33 +201,45 @@ impl GateBuilder {
     }
 
     pub async fn start(self, upstream: SocketAddr) -> Gate {
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
         for (name, content) in &self.files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
-        let (addr, admin) = (free_port(), free_port());
-        let cfg = config(addr, admin, upstream, &self);
-        let cfg_path = dir.path().join("scopegate.toml");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let log = dir.path().join("scopegate.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg_path)
-            .env_remove("RUST_LOG")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut gate = Gate {
-            child: Some(child),
-            addr,
-            admin,
-            log,
-            dir,
-        };
-        gate.wait_listening().await;
-        gate
+        // A free port can be taken by someone else before the gateway binds
+        // it: start again on new ports then.
+        for _ in 0..5 {
+            let (addr, admin) = (free_port(), free_port());
+            let cfg = config(addr, admin, upstream, &self);
+            let cfg_path = dir.path().join("scopegate.toml");
+            std::fs::write(&cfg_path, cfg).unwrap();
+            let log = dir.path().join("scopegate.log");
+            let stderr = dir.path().join("stderr.log");
+            let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+                .arg("run")
+                .arg("--config")
+                .arg(&cfg_path)
+                .env_remove("RUST_LOG")
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::create(&stderr).unwrap())
+                .spawn()
+                .unwrap();
+            let mut gate = Gate {
+                child: Some(child),
+                addr,
+                admin,
+                log,
+                dir,
+            };
+            match gate.wait_listening().await {
+                Ok(()) => return gate,
+                Err(e) if e.contains("cannot listen on") => {
+                    dir = std::mem::replace(&mut gate.dir, tempfile::tempdir().unwrap());
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("scopegate found no free ports in five tries");
     }
 }
 
@@ -236,16 +248,21 @@ impl Gate {
         GateBuilder::new().start(upstream).await
     }
 
-    async fn wait_listening(&mut self) {
+    async fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("scopegate exited at start-up ({status}): {}", self.logs());
+                let stderr =
+                    std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+                return Err(format!(
+                    "scopegate exited at start-up ({status}): {stderr}{}",
+                    self.logs()
+                ));
             }
             if TcpStream::connect(self.addr).await.is_ok()
                 && TcpStream::connect(self.admin).await.is_ok()
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,

@@ -4,15 +4,21 @@
 //! (a stream of made-up key ids must not become a stream of fetches) and
 //! single-flight. When the provider cannot be reached the last good set keeps
 //! serving for `max_stale`, then validation fails closed.
+//!
+//! Each key is turned into aws-lc's parsed form once, when the set is
+//! fetched, for every algorithm it may verify: a token's signature check is
+//! then only the arithmetic (an RSA key's Montgomery constants are computed
+//! on its first use and kept), not a rebuild of the key from `n` and `e`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use http::Uri;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -58,7 +64,22 @@ struct VerifyKey {
     kid: Option<String>,
     /// The JWK's own `alg`, when it pins one (RFC 7517 §4.4).
     alg: Option<Algorithm>,
-    key: DecodingKey,
+    family: AlgorithmFamily,
+    /// The key in aws-lc's parsed form, one per algorithm it may verify (its
+    /// pinned `alg`, else every algorithm of its family). An algorithm aws-lc
+    /// will not parse the key for (a P-384 point for ES256, a malformed
+    /// modulus) has no entry: the key is still found by `kid`, and a
+    /// signature checked with it fails, as it always did.
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl VerifyKey {
+    fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
+    }
 }
 
 /// A key found for a token, borrowed from its set.
@@ -68,8 +89,10 @@ pub(crate) struct KeyRef {
 }
 
 impl KeyRef {
-    pub(crate) fn key(&self) -> &DecodingKey {
-        &self.set.keys[self.index].key
+    /// Whether `signature` is `alg`'s signature of `message` by this key.
+    /// `alg` is the one the key was looked up for ([`KeyStore::key`]).
+    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.set.keys[self.index].verify(alg, message, signature)
     }
 }
 
@@ -84,7 +107,7 @@ impl KeySet {
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<usize> {
         // The key must fit the token's algorithm: an RSA key is never an HMAC
         // secret (RFC 8725 §2.1, algorithm confusion).
-        let fits = |k: &VerifyKey| k.key.family() == alg.family() && k.alg.is_none_or(|a| a == alg);
+        let fits = |k: &VerifyKey| k.family == alg.family() && k.alg.is_none_or(|a| a == alg);
         match kid {
             Some(kid) => self
                 .keys
@@ -149,7 +172,10 @@ impl KeyStore {
     }
 
     fn start_refresher(self: &Arc<Self>) {
-        if self.refresher_started.swap(true, Ordering::AcqRel) {
+        // Every token comes here: a plain load, not a read-modify-write, once started.
+        if self.refresher_started.load(Ordering::Acquire)
+            || self.refresher_started.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let weak: Weak<KeyStore> = Arc::downgrade(self);
@@ -254,17 +280,66 @@ fn parse_key(value: &serde_json::Value) -> Option<VerifyKey> {
         None => None,
         Some(a) => Some(a.as_str()?.parse::<Algorithm>().ok()?),
     };
+    // jsonwebtoken decides which JWKs are usable keys, and of which family.
     let jwk: Jwk = serde_json::from_value(value.clone()).ok()?;
     let key = DecodingKey::from_jwk(&jwk).ok()?;
+    let family = key.family();
     // A shared secret has no business in a public key set.
-    if key.family() == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != key.family()) {
+    if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != family) {
         return None;
     }
+    let algorithms = match &alg {
+        Some(pinned) => std::slice::from_ref(pinned),
+        None => family.algorithms(),
+    };
+    let parsed = algorithms
+        .iter()
+        .filter_map(|&a| Some((a, parse_public_key(&key, a)?)))
+        .collect();
     Some(VerifyKey {
         kid: jwk.common.key_id,
         alg,
-        key,
+        family,
+        parsed,
     })
+}
+
+/// The aws-lc verification algorithm for `alg`: the ones jsonwebtoken's
+/// aws-lc backend uses (RSA 2048–8192 bits, fixed-size ECDSA signatures).
+enum Verification {
+    Rsa(&'static RsaParameters),
+    Other(&'static dyn sig::VerificationAlgorithm),
+}
+
+fn verification(alg: Algorithm) -> Option<Verification> {
+    Some(match alg {
+        Algorithm::RS256 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+        Algorithm::PS256 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA512),
+        Algorithm::ES256 => Verification::Other(&sig::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => Verification::Other(&sig::ECDSA_P384_SHA384_FIXED),
+        Algorithm::EdDSA => Verification::Other(&sig::ED25519),
+        _ => return None,
+    })
+}
+
+/// `key` parsed for `alg`, from the same bytes jsonwebtoken verified with:
+/// RSA `n` and `e`, an uncompressed EC point, a raw Ed25519 key.
+fn parse_public_key(key: &DecodingKey, alg: Algorithm) -> Option<ParsedPublicKey> {
+    match (verification(alg)?, key.kind()) {
+        (Verification::Rsa(params), DecodingKeyKind::RsaModulusExponent { n, e }) => {
+            RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(params)
+                .ok()
+        }
+        (Verification::Other(algorithm), DecodingKeyKind::SecretOrDer(bytes)) => {
+            ParsedPublicKey::new(algorithm, bytes).ok()
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +389,21 @@ mod tests {
         assert_eq!(s.find(Some("p"), Algorithm::RS256), Some(0));
         assert_eq!(s.find(Some("p"), Algorithm::PS256), None);
         assert_eq!(s.find(None, Algorithm::RS256), None, "two RSA keys, no kid");
+    }
+
+    #[test]
+    fn keys_are_parsed_once_for_the_algorithms_they_may_verify() {
+        let s = set(&[
+            rsa("tiny"),
+            json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+        ]);
+        // A modulus aws-lc refuses still names a key; it verifies nothing.
+        assert!(s.keys[0].parsed.len() <= 6);
+        assert!(!s.keys[0].verify(Algorithm::RS256, b"m", &[0; 256]));
+        let algs: Vec<_> = s.keys[1].parsed.iter().map(|(a, _)| *a).collect();
+        assert_eq!(algs, [Algorithm::EdDSA]);
+        assert!(!s.keys[1].verify(Algorithm::EdDSA, b"m", &[0; 64]));
+        assert!(!s.keys[1].verify(Algorithm::RS256, b"m", &[0; 64]));
     }
 
     #[test]

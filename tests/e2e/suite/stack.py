@@ -399,7 +399,8 @@ def register_users(stack: dict) -> None:
 
     def one(item):
         user, admin = item
-        argv = [tool, "-k", stack["registration_secret"], "-u", user, "-p", password(user),
+        # `=` form: a secret starting with "-" would read as an option.
+        argv = [tool, f"--shared-secret={stack['registration_secret']}", "-u", user, "-p", password(user),
                 "--admin" if admin else "--no-admin", url(stack, "hs-legacy")]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         if r.returncode != 0:

@@ -211,7 +211,6 @@ mod tests {
             scopes: ScopeSet::default(),
             expires_at: expires_in.map(|d| SystemTime::now() + d),
             source: "test",
-            validated_at: std::time::Instant::now(),
         })
     }
 

@@ -246,7 +246,6 @@ impl Introspector {
             scopes,
             expires_at,
             source: "introspection",
-            validated_at: std::time::Instant::now(),
         })
     }
 }

@@ -253,7 +253,6 @@ impl JwtValidator {
             scopes,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp)),
             source: "jwt",
-            validated_at: std::time::Instant::now(),
         })
     }
 }
@@ -436,7 +435,6 @@ mod tests {
                 scopes,
                 expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp)),
                 source: "jwt",
-                validated_at: std::time::Instant::now(),
             })
         }
     }

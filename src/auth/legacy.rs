@@ -114,7 +114,6 @@ impl LegacyValidator {
             scopes: self.scopes.clone(),
             expires_at: None,
             source: "legacy",
-            validated_at: std::time::Instant::now(),
         })
     }
 }

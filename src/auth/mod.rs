@@ -24,7 +24,7 @@ pub mod static_table;
 mod subject;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::scopes::ScopeSet;
 
@@ -57,9 +57,6 @@ pub struct Identity {
     pub expires_at: Option<SystemTime>,
     /// Which validator vouched for the token, for logs and metrics.
     pub source: &'static str,
-    /// When it vouched: with `[cache] max_ttl_s`, how long the gateway will
-    /// go on believing it.
-    pub validated_at: Instant,
 }
 
 /// Why a token was not accepted.

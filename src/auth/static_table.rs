@@ -72,7 +72,6 @@ impl StaticTable {
                     scopes: ScopeSet::new(&t.scopes),
                     expires_at: None,
                     source: "static",
-                    validated_at: std::time::Instant::now(),
                 };
                 (t.token_sha256, Arc::new(identity))
             })

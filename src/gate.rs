@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::HOST;
+use http::header::{HeaderValue, HOST};
 use http::{Method, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use ipnet::IpNet;
+use prometheus::Histogram;
 
 use crate::auth::extract::{self, Credential};
 use crate::auth::{AuthError, Authenticator, Identity};
@@ -36,10 +37,31 @@ use crate::scopes::{self, Access, RuleSet};
 /// What the gateway knows about the connection a request came on.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as a header value, for `X-Forwarded-For`.
+    pub peer_value: HeaderValue,
     pub proto: &'static str,
     pub activity: Arc<ConnActivity>,
     /// What the connection received last, for [`Gateway::framed_twice`].
     pub recent: Arc<RecentInput>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        proto: &'static str,
+        activity: Arc<ConnActivity>,
+        recent: Arc<RecentInput>,
+    ) -> Self {
+        let peer_value =
+            HeaderValue::try_from(peer.ip().to_string()).expect("an IP is a valid value");
+        ConnInfo {
+            peer,
+            peer_value,
+            proto,
+            activity,
+            recent,
+        }
+    }
 }
 
 /// Request-handling settings from `[server]`.
@@ -56,6 +78,9 @@ pub struct Gateway {
     upstream: Upstream,
     settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// `gateway_latency` for each decision, looked up once rather than by
+    /// label on every request.
+    latency_by_decision: [Histogram; Decision::ALL.len()],
 }
 
 /// An HTTP/1 request that set both `Transfer-Encoding` and `Content-Length`
@@ -122,7 +147,13 @@ impl Gateway {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let latency_by_decision = Decision::ALL.map(|decision| {
+            metrics
+                .gateway_latency
+                .with_label_values(&[decision.as_str()])
+        });
         Gateway {
+            latency_by_decision,
             rules: ArcSwap::from_pointee(rules),
             auth,
             upstream,
@@ -154,10 +185,14 @@ impl Gateway {
         let guard = InFlight::start(conn.activity.clone(), self.metrics.in_flight.clone());
         // Cheap clones: standard methods are inline, a URI shares its bytes.
         let method = req.method().clone();
-        let uri = req.uri().clone();
+        // A copy, and only for the access log: a view of the URI would keep
+        // hyper's read buffer alive for as long as a long-poll waits.
+        let path = tracing::enabled!(target: "scopegate::access", tracing::Level::INFO)
+            .then(|| Box::<str>::from(req.uri().path()));
         let rules = self.rules.load_full();
         let outcome = self.process(req, conn, &rules).await;
-        self.record(&outcome, &method, uri.path(), conn, started.elapsed());
+        let path = path.as_deref().unwrap_or("-");
+        self.record(&outcome, &method, path, conn, started.elapsed());
         let (parts, body) = outcome.response.into_parts();
         Response::from_parts(parts, body.with_guard(guard))
     }
@@ -298,25 +333,19 @@ impl Gateway {
         conn: &ConnInfo,
     ) -> Result<Response<GateBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
-        let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
-        headers::ensure_host(headers, authority.as_deref());
-        let host = headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
+        headers::ensure_host(headers, parts.uri.authority());
         let view = ClientView {
-            peer: conn.peer.ip(),
+            peer: &conn.peer_value,
             trusted: self.is_trusted(conn.peer.ip()),
             proto: conn.proto,
-            host: host.as_deref(),
+            host: headers.get(HOST).cloned(),
         };
-        headers::set_forwarded(headers, &view);
+        headers::set_forwarded(headers, view);
         if let Some(host) = self.upstream.host_override() {
             headers.insert(HOST, host.clone());
         }
-        parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
         // The upstream connection is HTTP/1.1 whatever the client spoke.
         parts.version = http::Version::HTTP_11;
         let request = Request::from_parts(parts, Either::Left(body));
@@ -349,10 +378,7 @@ impl Gateway {
             .with_label_values(&[decision, outcome.route])
             .inc();
         let own = elapsed.saturating_sub(outcome.upstream_time.unwrap_or_default());
-        self.metrics
-            .gateway_latency
-            .with_label_values(&[decision])
-            .observe(own.as_secs_f64());
+        self.latency_by_decision[outcome.decision as usize].observe(own.as_secs_f64());
         if let Some(upstream) = outcome.upstream_time {
             self.metrics
                 .upstream_latency

@@ -5,6 +5,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use std::cell::RefCell;
 
 use super::mas::{MasToken, MasTokenKind};
 
@@ -68,8 +69,27 @@ fn looks_like_jwt(token: &str) -> bool {
     else {
         return false;
     };
+    // This runs on every request, cache hits included, and an issuer signs
+    // all its tokens with the same few headers: the last header that passed
+    // is remembered (per thread, so without a lock) and not decoded again.
+    thread_local! {
+        static LAST_PASSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    if LAST_PASSED.with_borrow(|last| last.as_slice() == header.as_bytes()) {
+        return true;
+    }
+    if !is_jwt_header(header) {
+        return false;
+    }
+    LAST_PASSED.with_borrow_mut(|last| {
+        last.clear();
+        last.extend_from_slice(header.as_bytes());
+    });
+    true
+}
+
+fn is_jwt_header(header: &str) -> bool {
     // A header of a few hundred bytes is plenty; refuse to decode a huge one.
-    // Decoded on the stack: this runs on every request, cache hits included.
     let mut buf = [0u8; 1536];
     if header.len() > 2048 {
         return false;
@@ -161,5 +181,18 @@ mod tests {
             route("whatever", Enabled::default()),
             Route::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn a_remembered_header_decides_only_for_itself() {
+        let t = jwt();
+        let not_json = format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(b"alg"));
+        for _ in 0..2 {
+            assert_eq!(route(&t, ALL), Route::Jwt);
+            assert_eq!(route(&not_json, ALL), Route::Legacy);
+            assert_eq!(route("a.b.c", ALL), Route::Legacy);
+        }
+        // The same header with the wrong number of parts is not a JWT.
+        assert_eq!(route(&format!("{t}.x"), ALL), Route::Legacy);
     }
 }

@@ -18,8 +18,11 @@ pub enum MasTokenKind {
 impl MasTokenKind {
     /// The prefix of a MAS-shaped token, if it has one.
     pub fn of(token: &str) -> Option<Self> {
-        let (prefix, _) = token.split_once('_')?;
-        match prefix {
+        // Every prefix has three letters: no need to scan a long JWT for `_`.
+        if token.as_bytes().get(3) != Some(&b'_') {
+            return None;
+        }
+        match &token[..3] {
             "mat" => Some(MasTokenKind::AccessToken),
             "mar" => Some(MasTokenKind::RefreshToken),
             "mct" => Some(MasTokenKind::CompatAccessToken),
@@ -188,6 +191,10 @@ mod tests {
         assert!(MasTokenKind::of("mcr_x").unwrap().is_refresh());
         assert!(!MasTokenKind::of("mat_x").unwrap().is_refresh());
         assert_eq!(MasTokenKind::of("syt_x"), None);
+        // The prefix is what comes before the first `_`, exactly.
+        for not_mas in ["mat", "matx_y", "ma_t_y", "mat-x_y", "m\u{e9}t_x", ""] {
+            assert_eq!(MasTokenKind::of(not_mas), None, "{not_mas}");
+        }
     }
 
     #[test]

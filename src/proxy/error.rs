@@ -40,6 +40,17 @@ pub enum Decision {
 }
 
 impl Decision {
+    pub const ALL: [Decision; 8] = [
+        Decision::Allowed,
+        Decision::Denied,
+        Decision::Unauthenticated,
+        Decision::InvalidToken,
+        Decision::BadRequest,
+        Decision::ProviderError,
+        Decision::UpstreamError,
+        Decision::RateLimited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Allowed => "allowed",
@@ -166,4 +177,16 @@ pub fn cors(headers: &mut HeaderMap) {
         ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Synapse-Trace-Id, Server, WWW-Authenticate"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_decisions_are_listed_in_declaration_order() {
+        for (i, decision) in Decision::ALL.into_iter().enumerate() {
+            assert_eq!(decision as usize, i, "{decision:?}");
+        }
+    }
 }

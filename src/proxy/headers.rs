@@ -2,13 +2,13 @@
 //! on it, and forwarding headers say what the gateway saw, not what a client
 //! claims.
 
-use std::net::IpAddr;
-
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::uri::Authority;
 use http::HeaderMap;
 
-/// RFC 9110 §7.6.1, plus the proxy-only fields of RFC 9110 §11.7.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// RFC 9110 §7.6.1, plus the proxy-only fields of RFC 9110 §11.7;
+/// `Connection` first.
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -26,19 +26,30 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop fields, including those the `Connection` field names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // One pass over the names finds which are present (usually none in a
+    // request, `Connection` in a response): cheaper than a hashed lookup
+    // for each of them.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
         }
     }
-    for name in &HOP_BY_HOP {
+    if present[0] {
+        // Values are cheap views of the message's buffer, and names are
+        // looked up without building a `HeaderName`: nothing is allocated
+        // unless the field is repeated.
+        let mut values = headers.get_all(CONNECTION).iter().cloned();
+        let first = values.next();
+        let rest: Vec<HeaderValue> = values.collect();
+        for value in first.iter().chain(&rest) {
+            let Ok(value) = value.to_str() else { continue };
+            for name in value.split(',') {
+                headers.remove(name.trim());
+            }
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
 }
@@ -55,18 +66,19 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
 
 /// How the client reached the gateway.
 pub struct ClientView<'a> {
-    pub peer: IpAddr,
+    /// The peer's address.
+    pub peer: &'a HeaderValue,
     /// The peer is a proxy the operator trusts to report the client.
     pub trusted: bool,
     pub proto: &'static str,
     /// The authority the client asked for (`Host`, or `:authority` in HTTP/2).
-    pub host: Option<&'a str>,
+    pub host: Option<HeaderValue>,
 }
 
 /// Sets `X-Forwarded-{For,Proto,Host}`. Values a client sent are kept only
 /// from a trusted proxy (Oathkeeper GHSA-vhr5-ggp3-qq85 trusted them anyway).
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>) {
-    let peer = HeaderValue::from_str(&client.peer.to_string()).expect("an IP is a valid value");
+pub fn set_forwarded(headers: &mut HeaderMap, client: ClientView<'_>) {
+    let peer = client.peer.clone();
     if client.trusted {
         let chain = headers
             .get_all(&X_FORWARDED_FOR)
@@ -77,36 +89,38 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>) {
         let value = if chain.is_empty() {
             peer
         } else {
-            HeaderValue::from_str(&format!("{chain}, {}", client.peer)).unwrap_or(peer)
+            let peer_text = peer.to_str().unwrap_or_default();
+            HeaderValue::try_from(format!("{chain}, {peer_text}")).unwrap_or(peer)
         };
         headers.insert(&X_FORWARDED_FOR, value);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
-            set_host(headers, &X_FORWARDED_HOST, client.host);
+            if let Some(host) = client.host {
+                headers.insert(&X_FORWARDED_HOST, host);
+            }
         }
     } else {
         headers.insert(&X_FORWARDED_FOR, peer);
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-        headers.remove(&X_FORWARDED_HOST);
-        set_host(headers, &X_FORWARDED_HOST, client.host);
+        match client.host {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
         headers.remove(http::header::FORWARDED);
         headers.remove(&X_REAL_IP);
     }
 }
 
-fn set_host(headers: &mut HeaderMap, name: &HeaderName, host: Option<&str>) {
-    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(name, v);
-    }
-}
-
 /// HTTP/2 requests carry the authority in the URI, not in `Host`; the
 /// HTTP/1.1 upstream needs the header.
-pub fn ensure_host(headers: &mut HeaderMap, authority: Option<&str>) {
-    if !headers.contains_key(HOST) {
-        set_host(headers, &HOST, authority);
+pub fn ensure_host(headers: &mut HeaderMap, authority: Option<&Authority>) {
+    if headers.contains_key(HOST) {
+        return;
+    }
+    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        headers.insert(HOST, value);
     }
 }
 
@@ -144,6 +158,28 @@ mod tests {
     }
 
     #[test]
+    fn every_connection_field_counts_and_plain_requests_keep_everything() {
+        let mut h = map(&[
+            ("connection", "close"),
+            ("x-a", "1"),
+            ("connection", " X-B ,x-c"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+            ("transfer-encoding", "chunked"),
+            ("x-d", "4"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["x-a", "x-d"]);
+
+        let plain = map(&[("authorization", "Bearer t"), ("accept", "*/*")]);
+        let mut h = plain.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, plain);
+    }
+
+    #[test]
     fn untrusted_peer_cannot_spoof() {
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
@@ -153,12 +189,12 @@ mod tests {
             ("x-real-ip", "1.2.3.4"),
         ]);
         let view = ClientView {
-            peer: "10.1.1.1".parse().unwrap(),
+            peer: &HeaderValue::from_static("10.1.1.1"),
             trusted: false,
             proto: "http",
-            host: Some("matrix.example.org"),
+            host: Some(HeaderValue::from_static("matrix.example.org")),
         };
-        set_forwarded(&mut h, &view);
+        set_forwarded(&mut h, view);
         assert_eq!(h["x-forwarded-for"], "10.1.1.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "matrix.example.org");
@@ -173,12 +209,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let view = ClientView {
-            peer: "10.1.1.1".parse().unwrap(),
+            peer: &HeaderValue::from_static("10.1.1.1"),
             trusted: true,
             proto: "http",
-            host: Some("matrix.example.org"),
+            host: Some(HeaderValue::from_static("matrix.example.org")),
         };
-        set_forwarded(&mut h, &view);
+        set_forwarded(&mut h, view);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "matrix.example.org");

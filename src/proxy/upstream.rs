@@ -23,7 +23,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Empty};
@@ -60,8 +60,6 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// `scheme://authority`, what the connector dials.
     origin: Uri,
-    scheme: Scheme,
-    authority: Authority,
     /// The `Host` sent when a request has none: the authority, without a
     /// default port.
     default_host: HeaderValue,
@@ -134,8 +132,6 @@ impl Upstream {
                 Duration::from_secs(cfg.pool_idle_timeout_s),
             )),
             origin,
-            scheme,
-            authority,
             default_host,
             host_override,
             response_header_timeout: cfg.response_header_timeout(),
@@ -144,18 +140,6 @@ impl Upstream {
     }
 
     /// The upstream URI for a client's raw path and query, byte for byte.
-    pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            path_and_query
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).expect("scheme, authority and path are all set")
-    }
-
     pub fn host_override(&self) -> Option<&HeaderValue> {
         self.host_override.as_ref()
     }
@@ -185,7 +169,7 @@ impl Upstream {
     pub async fn probe(&self) -> bool {
         let path = PathAndQuery::from_static("/_matrix/client/versions");
         let mut req = Request::new(Either::Right(Empty::new()));
-        *req.uri_mut() = self.uri_for(Some(&path));
+        *req.uri_mut() = Uri::from(path);
         if let Some(host) = &self.host_override {
             req.headers_mut().insert(http::header::HOST, host.clone());
         }
@@ -211,11 +195,10 @@ impl Upstream {
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, BoxError> {
-        // HTTP/1.1 to the homeserver: origin-form, and a Host header.
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = None;
-        parts.authority = None;
-        *req.uri_mut() = Uri::from_parts(parts)?;
+        // HTTP/1.1 to the homeserver: origin-form (RFC 9112 §3.2.1), and a
+        // Host header.
+        let target = std::mem::take(req.uri_mut()).into_parts().path_and_query;
+        *req.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
         if !req.headers().contains_key(http::header::HOST) {
             req.headers_mut()
                 .insert(http::header::HOST, self.default_host.clone());
@@ -614,7 +597,7 @@ mod tests {
     async fn get(up: &Upstream) -> Result<Response<ResponseBody>, UpstreamError> {
         let path = PathAndQuery::from_static("/_matrix/client/v3/sync");
         let mut req = Request::new(Either::Right(Empty::new()));
-        *req.uri_mut() = up.uri_for(Some(&path));
+        *req.uri_mut() = Uri::from(path);
         up.send(req).await
     }
 

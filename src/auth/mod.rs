@@ -260,9 +260,12 @@ impl Authenticator {
             self.metrics.validated(chosen.name(), result);
             verdict
         };
-        let result = self
-            .cache
-            .validate_shared(key, validate)
+        // Boxed: validation (JWKS refetch, an HTTP exchange) is most of this
+        // future's size, and every connection's request future would
+        // otherwise reserve it, cache hit or not, for as long as the request
+        // lasts (a long-poll: minutes). Misses are rare and cost far more
+        // than an allocation.
+        let result = Box::pin(self.cache.validate_shared(key, validate))
             .await
             .and_then(Verdict::into_result);
         spend(&result);

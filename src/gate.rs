@@ -86,13 +86,15 @@ pub struct Gateway {
 /// An HTTP/1 request that set both `Transfer-Encoding` and `Content-Length`
 /// (see `proxy::framing`), or whose head can no longer be checked.
 fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
-    if req.version() > http::Version::HTTP_11
-        || !req.headers().contains_key(http::header::TRANSFER_ENCODING)
-    {
+    if req.version() > http::Version::HTTP_11 {
         return false;
     }
-    let line = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri());
-    conn.recent.head_has_content_length(line.as_bytes()) != Some(false)
+    let method = req.method().as_str();
+    let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    let twice = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        && conn.recent.head_has_content_length(method, target) != Some(false);
+    conn.recent.dispatched(method, target);
+    twice
 }
 
 /// `POST …/logout` ends one session; `POST …/logout/all` every session of
@@ -204,11 +206,12 @@ impl Gateway {
         rules: &'r RuleSet,
     ) -> Outcome<'r> {
         // 1. canonicalize
+        let framed_twice = framed_twice(&req, conn);
         let target = match canonicalize(req.uri(), req.version(), self.settings.max_path_bytes) {
             Ok(target) => target,
             Err(e) => return Outcome::refused(Refusal::BadTarget(e), "-", None),
         };
-        if framed_twice(&req, conn) {
+        if framed_twice {
             return Outcome::refused(Refusal::AmbiguousFraming, "-", None);
         }
         if headers::header_bytes(req.headers()) > self.settings.max_header_bytes {

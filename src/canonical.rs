@@ -9,6 +9,7 @@
 use std::fmt;
 
 use http::{Uri, Version};
+use memchr::memchr;
 
 /// Longer targets are refused before any matching work.
 pub const DEFAULT_MAX_PATH: usize = 8 * 1024;
@@ -69,6 +70,11 @@ pub fn canonicalize(
     if path.len() > max_path {
         return Err(TargetError::TooLong);
     }
+    // Most paths have neither: then no segment needs searching for them.
+    let rare = Rare {
+        backslash: memchr(b'\\', path.as_bytes()).is_some(),
+        percent: memchr(b'%', path.as_bytes()).is_some(),
+    };
     let mut segments = path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         // A trailing empty segment is legitimate (empty state keys); the
@@ -76,7 +82,7 @@ pub fn canonicalize(
         if segment.is_empty() && segments.peek().is_some() {
             return Err(TargetError::EmptySegment);
         }
-        check_segment(segment)?;
+        check_segment(segment, rare)?;
     }
     Ok(Target {
         path,
@@ -84,11 +90,18 @@ pub fn canonicalize(
     })
 }
 
-fn check_segment(segment: &str) -> Result<(), TargetError> {
-    if segment.contains('\\') {
+/// Which of the bytes that need a closer look occur anywhere in the path.
+#[derive(Clone, Copy)]
+struct Rare {
+    backslash: bool,
+    percent: bool,
+}
+
+fn check_segment(segment: &str, rare: Rare) -> Result<(), TargetError> {
+    if rare.backslash && segment.contains('\\') {
         return Err(TargetError::Backslash);
     }
-    if !segment.contains('%') {
+    if !rare.percent || !segment.contains('%') {
         return match segment {
             "." | ".." => Err(TargetError::DotSegment),
             _ => Ok(()),

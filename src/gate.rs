@@ -89,11 +89,13 @@ fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
     if req.version() > http::Version::HTTP_11 {
         return false;
     }
-    let method = req.method().as_str();
-    let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-    let twice = req.headers().contains_key(http::header::TRANSFER_ENCODING)
-        && conn.recent.head_has_content_length(method, target) != Some(false);
-    conn.recent.dispatched(method, target);
+    let twice = req.headers().contains_key(http::header::TRANSFER_ENCODING) && {
+        let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+        conn.recent
+            .head_has_content_length(req.method().as_str(), target)
+            != Some(false)
+    };
+    conn.recent.dispatched();
     twice
 }
 

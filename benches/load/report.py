@@ -77,9 +77,11 @@ def ms(us):
 
 
 def machine_line(meta):
+    busy = meta.get("busy_start")
     return (
         f"{meta.get('date', '?')} · {meta.get('cpu', '?')}, {meta.get('nproc', '?')} CPUs, "
         f"{meta.get('mem', '?')} · Linux {meta.get('kernel', '?')}"
+        + (f" · {busy} % of CPU time in use before the run" if busy else "")
     )
 
 
@@ -91,14 +93,17 @@ def versions_line(meta):
 
 
 def load_warning(meta):
+    """A warning when something else was using the machine as the run began
+    (CPU time not idle over 2 s before anything of ours started)."""
     try:
-        load = float(meta.get("load_start", "0").split()[0])
+        busy = float(meta.get("busy_start", "0"))
     except ValueError:
-        load = 0.0
+        busy = 0.0
     lines = []
-    if load >= 0.5:
+    if busy >= 20:
         lines.append(
-            f"> **Taken on a busy machine** (load average {meta.get('load_start')} at the start"
+            f"> **Taken on a busy machine** ({busy:.0f} % of CPU time in use before the run;"
+            f" load average {meta.get('load_start')} at the start"
             + (f", {meta['load_end']} at the end" if meta.get("load_end") else "")
             + "): absolute figures are low and noisy; the ratios within one run are what to read."
         )

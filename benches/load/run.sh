@@ -766,7 +766,20 @@ mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')
 EOF
 }
 
+# How busy the machine is right now, before anything of ours runs: the share
+# of all CPUs' time over 2 s that was not idle. (The load average at the start
+# would mostly tell what ran in the minutes before, e.g. the release build.)
+busy_percent() {
+  local a b
+  a=$(awk '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6 }' /proc/stat)
+  sleep 2
+  b=$(awk '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6 }' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    t = y[1] - x[1]; i = y[2] - x[2]; printf "%.0f", t > 0 ? 100 * (t - i) / t : 0 }'
+}
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+BUSY_START=$(busy_percent)
+log "machine busy before the run: ${BUSY_START}% of CPU time (load average $LOAD_START)"
 
 # ================================================================== compare
 compare() {
@@ -892,6 +905,7 @@ compare() {
   {
     versions
     echo "load_start=$LOAD_START"
+    echo "busy_start=$BUSY_START"
     echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "duration=$DURATION"
     echo "rounds=$ROUNDS"
@@ -1003,6 +1017,7 @@ longpoll() {
   {
     versions
     echo "load_start=$LOAD_START"
+    echo "busy_start=$BUSY_START"
     echo "requested=$LP_N"
     echo "held_target=$LP_EFF"
     echo "nofile=$NOFILE"
@@ -1114,6 +1129,7 @@ flood() {
   {
     versions
     echo "load_start=$LOAD_START"
+    echo "busy_start=$BUSY_START"
     echo "tokens=$FLOOD_N"
     echo "conns=$FLOOD_CONNS"
     echo "variant=$variant"

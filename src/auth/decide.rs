@@ -3,9 +3,11 @@
 //! token refused by one be accepted by a laxer one, and would multiply the
 //! calls an attacker can cause. docs/auth.md repeats this order.
 
+use std::cell::RefCell;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use std::cell::RefCell;
+use memchr::memchr;
 
 use super::mas::{MasToken, MasTokenKind};
 
@@ -63,12 +65,19 @@ pub(crate) fn route(token: &str, enabled: Enabled) -> Route {
 /// RFC 7515 §7.1 compact form: three base64url parts, the first a JSON
 /// object naming an `alg`.
 fn looks_like_jwt(token: &str) -> bool {
-    let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    // Two dots, no third. (memchr: a token is long, and this runs on every
+    // request.)
+    let bytes = token.as_bytes();
+    let Some(first) = memchr(b'.', bytes) else {
         return false;
     };
+    let Some(second) = memchr(b'.', &bytes[first + 1..]).map(|at| first + 1 + at) else {
+        return false;
+    };
+    if memchr(b'.', &bytes[second + 1..]).is_some() {
+        return false;
+    }
+    let header = &token[..first];
     // This runs on every request, cache hits included, and an issuer signs
     // all its tokens with the same few headers: the last header that passed
     // is remembered (per thread, so without a lock) and not decoded again.

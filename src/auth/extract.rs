@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
+use memchr::memchr;
 
 /// The token as the request carried it.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,8 +56,8 @@ pub fn credential<'a>(
         (Some(value), None) => {
             let value = value.to_str().map_err(|_| ExtractError::InvalidHeader)?;
             // RFC 6750 §2.1, read as strictly as Synapse: "Bearer" and one space.
-            match value.split_once(' ') {
-                Some(("Bearer", token)) if !token.is_empty() && !token.contains(' ') => {
+            match value.strip_prefix("Bearer ") {
+                Some(token) if !token.is_empty() && memchr(b' ', token.as_bytes()).is_none() => {
                     Ok(Credential::Token(Cow::Borrowed(token)))
                 }
                 _ => Err(ExtractError::InvalidHeader),

@@ -6,12 +6,11 @@
 //! the connection is closed afterwards) but drops `Content-Length` without
 //! telling the service, so the request would still be forwarded. We refuse
 //! it outright. To see what hyper hides, each HTTP/1 connection keeps the
-//! bytes it received since its previous request was dispatched; a request
-//! that arrives with `Transfer-Encoding` has its head looked up there.
-//! Requests without it cost a copy of their bytes, and an idle connection
-//! keeps at most a small buffer. A chunked request pipelined behind another
-//! in the same read is no longer in the record when its turn comes, and is
-//! refused: smuggling looks exactly like that.
+//! bytes it received lately; a request that arrives with `Transfer-Encoding`
+//! has its head looked up there. Requests without it cost a copy of their
+//! bytes, and once a request is dispatched only the last 2 KiB are kept, so
+//! an idle connection holds little. A chunked request with a head larger than
+//! that, pipelined behind another, can no longer be checked and is refused.
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,8 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// How much of the recent input a connection keeps: a request head and more.
 const WINDOW: usize = 16 * 1024;
 
-/// The capacity a connection keeps between requests: enough for a usual
-/// head, so that the next one is recorded without allocating.
+/// What a connection keeps once a request is dispatched: a usual head.
 const KEEP: usize = 2 * 1024;
 
 /// The most recent bytes a connection received.
@@ -52,24 +50,17 @@ impl RecentInput {
         bytes.extend(read);
     }
 
-    /// The request `method target` was dispatched: the bytes up to the end
-    /// of its head are of no further use. Dropped once they pass [`KEEP`],
-    /// so that most requests search nothing; what follows the head (its
-    /// body, a pipelined request) stays.
-    pub fn dispatched(&self, method: &str, target: &str) {
+    /// A request was dispatched and checked: only the last [`KEEP`] bytes
+    /// are kept, enough for a pipelined head that follows (a larger one is
+    /// refused if it is chunked: it can no longer be checked). Without
+    /// this, an idle keep-alive connection or a waiting long-poll would hold
+    /// a full window.
+    pub fn dispatched(&self) {
         let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        if bytes.len() <= KEEP {
-            return;
-        }
-        let contiguous = bytes.make_contiguous();
-        match head_at(contiguous, method, target) {
-            Some((start, len)) => {
-                bytes.drain(..start + len);
-                if bytes.capacity() > 2 * KEEP && bytes.len() <= KEEP {
-                    bytes.shrink_to(KEEP);
-                }
-            }
-            None => *bytes = VecDeque::new(),
+        let excess = bytes.len().saturating_sub(KEEP);
+        bytes.drain(..excess);
+        if bytes.capacity() > 2 * KEEP {
+            bytes.shrink_to(KEEP);
         }
     }
 
@@ -93,7 +84,9 @@ impl RecentInput {
 /// its start and length, up to and including the blank line.
 fn head_at(bytes: &[u8], method: &str, target: &str) -> Option<(usize, usize)> {
     let (method, target) = (method.as_bytes(), target.as_bytes());
-    memmem::rfind_iter(bytes, target).find_map(|at| {
+    // Searched forwards, keeping the last: memmem's forward search is the
+    // vectorised one.
+    let heads = memmem::find_iter(bytes, target).filter_map(|at| {
         let line_start = at.checked_sub(method.len() + 1)?;
         let starts_line = line_start == 0 || bytes[line_start - 1] == b'\n';
         let opened = bytes[line_start..at - 1] == *method && bytes[at - 1] == b' ';
@@ -103,7 +96,8 @@ fn head_at(bytes: &[u8], method: &str, target: &str) -> Option<(usize, usize)> {
         }
         let end = memmem::find(rest, b"\r\n\r\n")?;
         Some((line_start, at + target.len() + end + 4 - line_start))
-    })
+    });
+    heads.last()
 }
 
 /// An HTTP/1 connection's I/O, recording what it reads into a shared
@@ -212,25 +206,20 @@ mod tests {
     }
 
     #[test]
-    fn a_dispatched_head_is_dropped_and_what_follows_it_kept() {
-        let first = "GET /a?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    fn after_dispatch_only_the_latest_bytes_are_kept() {
+        let padding = format!("X-Pad: {}\r\n", "p".repeat(4 * KEEP));
+        let first = format!("GET /a HTTP/1.1\r\n{padding}\r\n");
         let next = "POST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        // Small records are left alone: no search on most requests.
         let r = recent(&[first.as_bytes(), next.as_bytes()]);
-        r.dispatched("GET", "/a?x=1");
-        assert_eq!(r.bytes.lock().unwrap().len(), first.len() + next.len());
-        // Past KEEP, everything through the dispatched head goes; the
-        // pipelined request behind it can still be checked.
-        let padding = format!("X-Pad: {}\r\n\r\n", "p".repeat(KEEP));
-        let big_first = first.replace("\r\n\r\n", &format!("\r\n{padding}"));
-        let r = recent(&[big_first.as_bytes(), next.as_bytes()]);
-        r.dispatched("GET", "/a?x=1");
-        assert_eq!(r.bytes.lock().unwrap().len(), next.len());
+        assert_eq!(r.head_has_content_length("GET", "/a"), Some(false));
+        r.dispatched();
+        // The pipelined head behind it can still be checked; the large
+        // dispatched one is gone, and so is the memory it took.
         assert_eq!(r.head_has_content_length("POST", "/b"), Some(true));
-        // A head that cannot be found: nothing is kept.
-        let r = recent(&[big_first.as_bytes()]);
-        r.dispatched("GET", "/elsewhere");
-        assert_eq!(r.bytes.lock().unwrap().capacity(), 0);
+        assert_eq!(r.head_has_content_length("GET", "/a"), None);
+        let bytes = r.bytes.lock().unwrap();
+        assert_eq!(bytes.len(), KEEP);
+        assert!(bytes.capacity() <= 2 * KEEP);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! together, so this file reads as the path of a request.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,7 @@ use http::{Method, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use ipnet::IpNet;
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 
 use crate::auth::extract::{self, Credential};
 use crate::auth::{AuthError, Authenticator, Identity};
@@ -72,8 +72,37 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// The rules serving now, and the metrics of their routes.
+struct Serving {
+    rules: RuleSet,
+    /// Per rule, the handles a forwarded request records into, found by
+    /// label on first use rather than on every request.
+    forwarded: Box<[OnceLock<RouteMetrics>]>,
+}
+
+struct RouteMetrics {
+    allowed: IntCounter,
+    upstream_latency: Histogram,
+}
+
+impl Serving {
+    fn new(rules: RuleSet) -> Self {
+        let forwarded = (0..rules.rule_count()).map(|_| OnceLock::new()).collect();
+        Serving { rules, forwarded }
+    }
+
+    fn route_metrics(&self, rule: usize, route: &str, metrics: &Metrics) -> &RouteMetrics {
+        self.forwarded[rule].get_or_init(|| RouteMetrics {
+            allowed: metrics
+                .requests
+                .with_label_values(&[Decision::Allowed.as_str(), route]),
+            upstream_latency: metrics.upstream_latency.with_label_values(&[route]),
+        })
+    }
+}
+
 pub struct Gateway {
-    rules: ArcSwap<RuleSet>,
+    serving: ArcSwap<Serving>,
     auth: Authenticator,
     upstream: Upstream,
     settings: Settings,
@@ -127,6 +156,8 @@ struct Outcome<'r> {
     response: Response<GateBody>,
     decision: Decision,
     route: &'r str,
+    /// The matched rule's index, for a forwarded request.
+    forwarded_by: Option<usize>,
     user: Option<Arc<Identity>>,
     upstream_time: Option<Duration>,
 }
@@ -137,6 +168,7 @@ impl<'r> Outcome<'r> {
             decision: refusal.decision(),
             response: refusal.into_response(),
             route,
+            forwarded_by: None,
             user,
             upstream_time: None,
         }
@@ -158,7 +190,7 @@ impl Gateway {
         });
         Gateway {
             latency_by_decision,
-            rules: ArcSwap::from_pointee(rules),
+            serving: ArcSwap::from_pointee(Serving::new(rules)),
             auth,
             upstream,
             settings,
@@ -168,16 +200,16 @@ impl Gateway {
 
     /// Replaces the rule set; requests in flight finish under the old one.
     pub fn swap_rules(&self, rules: RuleSet) {
-        self.rules.store(Arc::new(rules));
+        self.serving.store(Arc::new(Serving::new(rules)));
     }
 
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
     }
 
-    /// The rule set serving now.
-    pub fn rules(&self) -> Arc<RuleSet> {
-        self.rules.load_full()
+    /// Whether the rules serving now recognise any of `scopes`.
+    pub fn rules_recognise(&self, scopes: &scopes::ScopeSet) -> bool {
+        self.serving.load().rules.recognises(scopes)
     }
 
     pub fn authenticator(&self) -> &Authenticator {
@@ -193,10 +225,10 @@ impl Gateway {
         // hyper's read buffer alive for as long as a long-poll waits.
         let path = tracing::enabled!(target: "scopegate::access", tracing::Level::INFO)
             .then(|| Box::<str>::from(req.uri().path()));
-        let rules = self.rules.load_full();
-        let outcome = self.process(req, conn, &rules).await;
+        let serving = self.serving.load_full();
+        let outcome = self.process(req, conn, &serving.rules).await;
         let path = path.as_deref().unwrap_or("-");
-        self.record(&outcome, &method, path, conn, started.elapsed());
+        self.record(&outcome, &serving, &method, path, conn, started.elapsed());
         let (parts, body) = outcome.response.into_parts();
         Response::from_parts(parts, body.with_guard(guard))
     }
@@ -222,6 +254,7 @@ impl Gateway {
         // 2. route
         let route = rules.route(req.method(), target.path);
         let label = route.label();
+        let rule = route.index();
         let needs_token = match route.access() {
             Access::Unmatched => return Outcome::refused(Refusal::NoRoute, label, None),
             // CORS preflights carry no credentials (Fetch standard, §4.8).
@@ -265,6 +298,7 @@ impl Gateway {
                     response,
                     decision: Decision::Allowed,
                     route: label,
+                    forwarded_by: rule,
                     user,
                     upstream_time: Some(sent.elapsed()),
                 }
@@ -372,23 +406,26 @@ impl Gateway {
     fn record(
         &self,
         outcome: &Outcome<'_>,
+        serving: &Serving,
         method: &Method,
         path: &str,
         conn: &ConnInfo,
         elapsed: Duration,
     ) {
         let decision = outcome.decision.as_str();
-        self.metrics
-            .requests
-            .with_label_values(&[decision, outcome.route])
-            .inc();
         let own = elapsed.saturating_sub(outcome.upstream_time.unwrap_or_default());
         self.latency_by_decision[outcome.decision as usize].observe(own.as_secs_f64());
-        if let Some(upstream) = outcome.upstream_time {
-            self.metrics
-                .upstream_latency
-                .with_label_values(&[outcome.route])
-                .observe(upstream.as_secs_f64());
+        match (outcome.forwarded_by, outcome.upstream_time) {
+            (Some(rule), Some(upstream)) => {
+                let route = serving.route_metrics(rule, outcome.route, &self.metrics);
+                route.allowed.inc();
+                route.upstream_latency.observe(upstream.as_secs_f64());
+            }
+            _ => self
+                .metrics
+                .requests
+                .with_label_values(&[decision, outcome.route])
+                .inc(),
         }
         // The path never holds a token; the query may (`access_token`), so
         // it is not logged.

@@ -220,7 +220,7 @@ impl Relay {
         let mut scopes: Vec<&str> = identity.scopes.iter().collect();
         if !identity.scopes.has_full_access()
             && self.widen
-            && self.gateway.rules().recognises(&identity.scopes)
+            && self.gateway.rules_recognise(&identity.scopes)
         {
             scopes.push(FULL_ACCESS);
         }

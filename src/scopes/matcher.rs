@@ -250,6 +250,7 @@ impl Trie {
 #[derive(Clone, Copy)]
 pub struct RouteMatch<'r, 'p> {
     pub(crate) rule: Option<&'r Rule>,
+    pub(crate) id: Option<RuleId>,
     pub(crate) captures: [&'p str; MAX_CAPTURES],
 }
 
@@ -262,6 +263,11 @@ impl<'r, 'p> RouteMatch<'r, 'p> {
     /// `"unmatched"` when no rule matched.
     pub fn label(&self) -> &'r str {
         self.rule.map_or("unmatched", |r| r.path.as_str())
+    }
+
+    /// The rule's position in its rule set, below [`super::RuleSet::rule_count`].
+    pub fn index(&self) -> Option<usize> {
+        self.id.map(|id| id as usize)
     }
 
     pub fn rule_line(&self) -> Option<usize> {

@@ -121,12 +121,18 @@ impl RuleSet {
         let rule = self.trie.lookup(method, path, &mut captures);
         RouteMatch {
             rule: rule.map(|id| &self.rules[id as usize]),
+            id: rule,
             captures,
         }
     }
 
     /// Do these scopes satisfy the matched rule? No allocation. Whether a
     /// token must be present is the caller's reading of [`RouteMatch::access`].
+    /// How many rules there are: [`RouteMatch::index`] is below it.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
     pub fn authorize(&self, route: &RouteMatch<'_, '_>, scopes: &ScopeSet) -> Decision {
         authorize::decide(route.rule, route.values(), scopes)
     }

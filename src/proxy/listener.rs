@@ -333,7 +333,10 @@ async fn run_connection<I>(
             Some(at) => at,
             None => idle_deadline(&activity, limits),
         };
+        // Polled in order, the connection first: no fairness to keep here,
+        // and no random draw on every wake-up.
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -113,6 +113,27 @@ def load_warning(meta):
 
 
 # ---------------------------------------------------------------- compare
+def targets(s):
+    """Issue 7's throughput targets, read off the table's own ratios."""
+    def ratio(cid, key):
+        x = s.get(cid, {}).get(key)
+        return None if x is None else f"{x:.2f}×"
+    lines = ["Against the targets of issue 7, from the ratios above:\n"]
+    a, nginx = s.get("sg_a"), s.get("nginx")
+    if a and nginx:
+        p99 = "≤" if a["p99"] <= nginx["p99"] else ">"
+        lines.append(
+            f"- cached JWT: {ratio('sg_a', 'ratio')} nginx plain `proxy_pass` (target ≥ 1.00×), "
+            f"p99 {ms(a['p99'])} ms {p99} nginx's {ms(nginx['p99'])} ms (target ≤)"
+        )
+    if s.get("sg_b") and s.get("haproxy"):
+        lines.append(
+            f"- uncached JWT (RS256 on every request): {ratio('sg_b', 'ratio_haproxy')} HAProxy "
+            "`jwt_verify` (target ≥ 1.00×)"
+        )
+    return "\n".join(lines) + "\n" if len(lines) > 1 else ""
+
+
 def compare(args):
     meta = read_meta(args.meta)
     rows = list(csv.DictReader(open(args.results), delimiter="\t"))
@@ -133,12 +154,14 @@ def compare(args):
     def summary(pinned):
         sel = [r for r in rows if r["pinned"] == pinned]
         base = {r["round"]: r["rps"] for r in sel if r["id"] == "nginx" and r["rps"]}
+        haproxy = {r["round"]: r["rps"] for r in sel if r["id"] == "haproxy" and r["rps"]}
         out = {}
         for cid in order:
             rs = [r for r in sel if r["id"] == cid]
             if not rs:
                 continue
             ratios = [r["rps"] / base[r["round"]] for r in rs if r["round"] in base and r["rps"]]
+            to_haproxy = [r["rps"] / haproxy[r["round"]] for r in rs if r["round"] in haproxy and r["rps"]]
             rps = [r["rps"] for r in rs]
             out[cid] = {
                 "n": len(rs),
@@ -146,6 +169,7 @@ def compare(args):
                 "min": min(rps),
                 "max": max(rps),
                 "ratio": med(ratios),
+                "ratio_haproxy": med(to_haproxy),
                 "p50": med([r["p50_us"] for r in rs]),
                 "p99": med([r["p99_us"] for r in rs]),
                 "p999": med([r["p999_us"] for r in rs]),
@@ -191,15 +215,16 @@ def compare(args):
     )
     out.append(
         "Medians over the rounds. *× nginx* is the median of the per-round ratios to nginx plain "
-        "`proxy_pass` in the same round (steadier than a ratio of medians). *CPU µs/req* is the "
+        "`proxy_pass` in the same round (steadier than a ratio of medians), *× HAProxy* likewise to "
+        "HAProxy `jwt_verify`. *CPU µs/req* is the "
         "contender's own processes' user+system time over the run divided by its requests "
         "(for *direct*, the upstream stub's).\n"
     )
 
     def table(s):
         t = [
-            "| contender | req/s | range | × nginx | p50 ms | p99 ms | p99.9 ms | CPU µs/req | enforcement |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| contender | req/s | range | × nginx | × HAProxy | p50 ms | p99 ms | p99.9 ms | CPU µs/req | enforcement |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for cid in order:
             if cid not in s:
@@ -214,12 +239,14 @@ def compare(args):
             t.append(
                 f"| {labels[cid]} | {fnum(x['rps'])} | {fnum(x['min'])}–{fnum(x['max'])} | "
                 f"{'–' if x['ratio'] is None else format(x['ratio'], '.2f')} | "
+                f"{'–' if x['ratio_haproxy'] is None else format(x['ratio_haproxy'], '.2f')} | "
                 f"{ms(x['p50'])} | {ms(x['p99'])} | {ms(x['p999'])} | {fnum(x['cpu'], 1)} | "
                 f"{enf}{'; ' if enf and extra else ''}{'; '.join(extra)} |"
             )
         return "\n".join(t)
 
     out.append(table(sums[main_pin]) + "\n")
+    out.append(targets(sums[main_pin]))
     if len(pin_modes) == 2:
         out.append("The same rounds run unpinned are in *Does pinning help?* below.\n")
 

@@ -775,7 +775,7 @@ busy_percent() {
   sleep 2
   b=$(awk '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6 }' /proc/stat)
   awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
-    t = y[1] - x[1]; i = y[2] - x[2]; printf "%.0f", t > 0 ? 100 * (t - i) / t : 0 }'
+    t = y[1] - x[1]; i = y[2] - x[2]; printf "%.0f", (t > 0 ? 100 * (t - i) / t : 0) }'
 }
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_START=$(busy_percent)

@@ -115,15 +115,14 @@ pub struct Gateway {
 /// An HTTP/1 request that set both `Transfer-Encoding` and `Content-Length`
 /// (see `proxy::framing`), or whose head can no longer be checked.
 fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
-    if req.version() > http::Version::HTTP_11 {
-        return false;
-    }
-    let twice = req.headers().contains_key(http::header::TRANSFER_ENCODING) && {
-        let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-        conn.recent
-            .head_has_content_length(req.method().as_str(), target)
-            != Some(false)
-    };
+    let twice = req.version() <= http::Version::HTTP_11
+        && req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        && {
+            let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+            conn.recent
+                .head_has_content_length(req.method().as_str(), target)
+                != Some(false)
+        };
     conn.recent.dispatched();
     twice
 }
@@ -379,7 +378,8 @@ impl Gateway {
             peer: &conn.peer_value,
             trusted: self.is_trusted(conn.peer.ip()),
             proto: conn.proto,
-            host: headers.get(HOST).cloned(),
+            // Only a `Host` that is visible ASCII is repeated upstream.
+            host: headers.get(HOST).filter(|h| h.to_str().is_ok()).cloned(),
         };
         headers::set_forwarded(headers, view);
         if let Some(host) = self.upstream.host_override() {

@@ -93,6 +93,21 @@ async fn allowed_request_reaches_upstream_intact() {
     assert_eq!(req.headers["x-forwarded-host"], "matrix.example.org");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_is_not_visible_ascii_is_not_repeated_as_forwarded_host() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    let mut request =
+        b"GET /_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: matrix.\xe9xample.org\r\n"
+            .to_vec();
+    request.extend(format!("Authorization: Bearer {FULL_TOKEN}\r\n").as_bytes());
+    request.extend(b"X-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n");
+    let response = raw(gate.addr, &request, Duration::from_secs(5));
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let seen = seen.lock().unwrap();
+    assert!(!seen[0].0.headers.contains_key("x-forwarded-host"));
+}
+
 #[tokio::test]
 async fn trusted_proxy_forwarding_headers_are_kept() {
     let (upstream, seen) = recording_stub().await;

@@ -84,7 +84,8 @@ fn looks_like_jwt(token: &str) -> bool {
     thread_local! {
         static LAST_PASSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    if LAST_PASSED.with_borrow(|last| last.as_slice() == header.as_bytes()) {
+    // (Empty until a header passed: an empty first part must not match it.)
+    if !header.is_empty() && LAST_PASSED.with_borrow(|last| last.as_slice() == header.as_bytes()) {
         return true;
     }
     if !is_jwt_header(header) {
@@ -203,5 +204,10 @@ mod tests {
         }
         // The same header with the wrong number of parts is not a JWT.
         assert_eq!(route(&format!("{t}.x"), ALL), Route::Legacy);
+        // Nor is an empty header, on a thread that has remembered nothing.
+        let fresh = std::thread::spawn(|| route(".e30.c2ln", ALL))
+            .join()
+            .unwrap();
+        assert_eq!(fresh, Route::Legacy);
     }
 }

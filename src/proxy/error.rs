@@ -185,8 +185,22 @@ mod tests {
 
     #[test]
     fn all_decisions_are_listed_in_declaration_order() {
+        // Stops compiling when a variant is added: add it to `ALL` too.
+        fn listed(decision: Decision) -> bool {
+            match decision {
+                Decision::Allowed
+                | Decision::Denied
+                | Decision::Unauthenticated
+                | Decision::InvalidToken
+                | Decision::BadRequest
+                | Decision::ProviderError
+                | Decision::UpstreamError
+                | Decision::RateLimited => Decision::ALL.contains(&decision),
+            }
+        }
         for (i, decision) in Decision::ALL.into_iter().enumerate() {
             assert_eq!(decision as usize, i, "{decision:?}");
+            assert!(listed(decision));
         }
     }
 }

@@ -139,7 +139,7 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI for a client's raw path and query, byte for byte.
+    /// `[upstream] host`, sent as `Host` instead of the client's.
     pub fn host_override(&self) -> Option<&HeaderValue> {
         self.host_override.as_ref()
     }

@@ -115,16 +115,14 @@ pub struct Gateway {
 /// An HTTP/1 request that set both `Transfer-Encoding` and `Content-Length`
 /// (see `proxy::framing`), or whose head can no longer be checked.
 fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
-    let twice = req.version() <= http::Version::HTTP_11
+    req.version() <= http::Version::HTTP_11
         && req.headers().contains_key(http::header::TRANSFER_ENCODING)
         && {
             let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
             conn.recent
                 .head_has_content_length(req.method().as_str(), target)
                 != Some(false)
-        };
-    conn.recent.dispatched();
-    twice
+        }
 }
 
 /// `POST …/logout` ends one session; `POST …/logout/all` every session of

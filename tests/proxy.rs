@@ -310,9 +310,11 @@ async fn content_length_with_transfer_encoding_is_refused() {
 async fn chunked_requests_still_pass() {
     let (upstream, seen) = recording_stub().await;
     let gate = Gate::start(upstream).await;
-    // Keep-alive: a first request, then a chunked one on the same connection.
+    // Keep-alive: a first request whose body ends without a line break, then
+    // a chunked one on the same connection.
     let request = format!(
-        "GET /_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {FULL_TOKEN}\r\n\r\n\
+        "PUT /_matrix/client/v3/rooms/%21r%3Ax/send/m.room.message/1 HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {FULL_TOKEN}\r\nContent-Length: 7\r\n\r\n{{\"a\":1}}\
          PUT /_matrix/client/v3/rooms/%21r%3Ax/send/m.room.message/2 HTTP/1.1\r\nHost: x\r\n\
          Authorization: Bearer {FULL_TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
          5\r\nhello\r\n0\r\n\r\n"

@@ -29,7 +29,7 @@ use crate::canonical::canonicalize;
 use crate::metrics::Metrics;
 use crate::proxy::body::{ConnActivity, GateBody, InFlight};
 use crate::proxy::error::{Decision, Refusal};
-use crate::proxy::framing::RecentInput;
+use crate::proxy::framing::{Framing, Verdict};
 use crate::proxy::headers::{self, ClientView};
 use crate::proxy::upstream::{Upstream, UpstreamError};
 use crate::scopes::{self, Access, RuleSet};
@@ -41,8 +41,8 @@ pub struct ConnInfo {
     pub peer_value: HeaderValue,
     pub proto: &'static str,
     pub activity: Arc<ConnActivity>,
-    /// What the connection received last, for [`Gateway::framed_twice`].
-    pub recent: Arc<RecentInput>,
+    /// The connection's request framing, for [`framed_twice`].
+    pub framing: Arc<Framing>,
 }
 
 impl ConnInfo {
@@ -50,7 +50,7 @@ impl ConnInfo {
         peer: SocketAddr,
         proto: &'static str,
         activity: Arc<ConnActivity>,
-        recent: Arc<RecentInput>,
+        framing: Arc<Framing>,
     ) -> Self {
         let peer_value =
             HeaderValue::try_from(peer.ip().to_string()).expect("an IP is a valid value");
@@ -59,7 +59,7 @@ impl ConnInfo {
             peer_value,
             proto,
             activity,
-            recent,
+            framing,
         }
     }
 }
@@ -113,16 +113,16 @@ pub struct Gateway {
 }
 
 /// An HTTP/1 request that set both `Transfer-Encoding` and `Content-Length`
-/// (see `proxy::framing`), or whose head can no longer be checked.
+/// (see `proxy::framing`), or a chunked one whose head could not be checked.
+/// Called once for every HTTP/1 request, in order: it takes the tracker's
+/// verdict on the request.
 fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
-    req.version() <= http::Version::HTTP_11
-        && req.headers().contains_key(http::header::TRANSFER_ENCODING)
-        && {
-            let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-            conn.recent
-                .head_has_content_length(req.method().as_str(), target)
-                != Some(false)
-        }
+    if req.version() > http::Version::HTTP_11 {
+        return false;
+    }
+    let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    let verdict = conn.framing.dispatched(req.method().as_str(), target);
+    req.headers().contains_key(http::header::TRANSFER_ENCODING) && verdict != Verdict::Single
 }
 
 /// `POST …/logout` ends one session; `POST …/logout/all` every session of

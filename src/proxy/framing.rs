@@ -5,94 +5,320 @@
 //! different requests. hyper follows RFC 9112 §6.1 (the chunked framing wins,
 //! the connection is closed afterwards) but drops `Content-Length` without
 //! telling the service, so the request would still be forwarded. We refuse
-//! it outright. To see what hyper hides, each HTTP/1 connection keeps the
-//! last bytes it received; a request that arrives with `Transfer-Encoding`
-//! has its head looked up there. Requests without it cost nothing.
+//! it outright.
+//!
+//! To see what hyper hides, each HTTP/1 connection's input also goes through
+//! a [`Framing`] tracker: it parses each request head with httparse (hyper's
+//! own parser), notes whether the head set both lengths, and skips the body
+//! by the same rules hyper frames it with, so it knows where the next head
+//! starts. Nothing of a body is copied, and a connection between requests
+//! holds no bytes. hyper dispatches heads in the order they came, so the
+//! gateway takes the tracker's verdicts in order, checking each against the
+//! request's method and target; when the two disagree, or the tracker could
+//! not follow the stream, a chunked request is refused rather than guessed
+//! about.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use memchr::memmem;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// How much of the recent input a connection keeps. It grows only as bytes
-/// arrive, so an idle long-poll holds little more than its request head.
-const WINDOW: usize = 16 * 1024;
+/// The longest head or chunk-size line the tracker buffers; past it, it
+/// gives up on the connection (hyper refuses such heads itself).
+const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// The most recent bytes a connection received.
-#[derive(Debug, Default)]
-pub struct RecentInput {
-    bytes: Mutex<VecDeque<u8>>,
+/// As many fields as hyper reads in a request head (its default, 100), and
+/// some room.
+const MAX_HEADERS: usize = 128;
+
+/// What the tracker says of a dispatched request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// One framing, or none.
+    Single,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    Twice,
+    /// The tracker lost the stream, or its next head is not this request.
+    Unknown,
 }
 
-impl RecentInput {
-    fn record(&self, read: &[u8]) {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        if read.len() > WINDOW {
-            // hyper dispatches a request as soon as its head is parsed, so a
-            // head is at the start of the latest read or spans the last few:
-            // keep both ends of a large read.
-            bytes.clear();
-            bytes.extend(&read[..WINDOW / 2]);
-            bytes.extend(&read[read.len() - WINDOW / 2..]);
-            return;
-        }
-        let overflow = (bytes.len() + read.len()).saturating_sub(WINDOW);
-        bytes.drain(..overflow);
-        bytes.extend(read);
-    }
+/// One HTTP/1 connection's request framing, as its input arrives.
+#[derive(Debug, Default)]
+pub struct Framing {
+    state: Mutex<Tracker>,
+    /// Keys requests by method and target, to check the tracker and hyper
+    /// saw the same sequence of heads.
+    keys: RandomState,
+}
 
-    /// Whether a head of the request `method target` set `Content-Length`;
-    /// `None` when no such head is in the window. Every occurrence of the
-    /// request line counts, wherever it is: a look-alike (in a header value,
-    /// a body, a later request) can then only make the answer stricter, never
-    /// hide the real head.
-    pub fn head_has_content_length(&self, method: &str, target: &str) -> Option<bool> {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = bytes.make_contiguous();
-        let mut found = false;
-        for head in heads(bytes, method, target) {
-            found = true;
-            let has_length = head.split(|b| *b == b'\n').any(|line| {
-                line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
-            });
-            if has_length {
-                return Some(true);
+#[derive(Debug, Default)]
+struct Tracker {
+    phase: Phase,
+    /// Bytes of an unfinished head, chunk-size line or trailer section.
+    pending: Vec<u8>,
+    /// Heads parsed and not yet dispatched, oldest first.
+    heads: VecDeque<(u64, bool)>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Head,
+    /// Body bytes of a `Content-Length` body still to come.
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    /// The CRLF after a chunk's data: how many of its two bytes are left.
+    ChunkEnd(u8),
+    Trailers,
+    /// The stream no longer parses (an upgrade, HTTP/2, an error hyper
+    /// refuses too): nothing more is known.
+    Lost,
+}
+
+impl Framing {
+    /// The verdict on the next dispatched request, `method target`.
+    pub fn dispatched(&self, method: &str, target: &str) -> Verdict {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.heads.pop_front() {
+            Some((key, twice)) if key == self.keys.hash_one((method, target)) => {
+                if twice {
+                    Verdict::Twice
+                } else {
+                    Verdict::Single
+                }
+            }
+            _ => {
+                // Out of step with hyper: nothing the tracker says is about
+                // the right request any more.
+                state.phase = Phase::Lost;
+                state.heads.clear();
+                state.pending = Vec::new();
+                Verdict::Unknown
             }
         }
-        found.then_some(false)
+    }
+
+    fn record(&self, mut input: &[u8]) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !input.is_empty() {
+            let used = state.advance(input, &self.keys);
+            input = &input[used..];
+        }
     }
 }
 
-/// The heads in `bytes` whose request line is `method target HTTP/1.x`, each
-/// up to its blank line.
-fn heads<'a>(bytes: &'a [u8], method: &'a str, target: &'a str) -> impl Iterator<Item = &'a [u8]> {
-    let (method, target) = (method.as_bytes(), target.as_bytes());
-    memmem::find_iter(bytes, target).filter_map(move |at| {
-        let start = at.checked_sub(method.len() + 1)?;
-        let opened = bytes[start..at - 1] == *method && bytes[at - 1] == b' ';
-        let rest = &bytes[at + target.len()..];
-        if !(opened && rest.starts_with(b" HTTP/1.")) {
+impl Tracker {
+    /// Consumes a prefix of `input` (at least one byte) and moves on.
+    fn advance(&mut self, input: &[u8], keys: &RandomState) -> usize {
+        match self.phase {
+            Phase::Lost => input.len(),
+            Phase::Head => self.head(input, keys),
+            Phase::Length(left) => {
+                let used = left.min(input.len() as u64);
+                self.phase = match left - used {
+                    0 => Phase::Head,
+                    left => Phase::Length(left),
+                };
+                used as usize
+            }
+            Phase::ChunkSize => self.chunk_size(input),
+            Phase::ChunkData(left) => {
+                let used = left.min(input.len() as u64);
+                self.phase = match left - used {
+                    0 => Phase::ChunkEnd(2),
+                    left => Phase::ChunkData(left),
+                };
+                used as usize
+            }
+            Phase::ChunkEnd(left) => {
+                let expected = &b"\r\n"[2 - left as usize..];
+                let used = expected.len().min(input.len());
+                self.phase = if input[..used] != expected[..used] {
+                    Phase::Lost
+                } else if used == expected.len() {
+                    Phase::ChunkSize
+                } else {
+                    Phase::ChunkEnd(left - used as u8)
+                };
+                used
+            }
+            Phase::Trailers => self.trailers(input),
+        }
+    }
+
+    /// Buffers `input` behind what is pending; the whole of it, or `None`
+    /// when the buffer would pass [`MAX_LINE_BYTES`].
+    fn gather<'a>(&'a mut self, input: &'a [u8]) -> Option<&'a [u8]> {
+        if self.pending.is_empty() {
+            return Some(input);
+        }
+        if self.pending.len() + input.len() > MAX_LINE_BYTES {
             return None;
         }
-        let end = memmem::find(rest, b"\r\n\r\n")?;
-        Some(&bytes[start..at + target.len() + end])
-    })
+        self.pending.extend_from_slice(input);
+        Some(&self.pending)
+    }
+
+    /// Keeps the unparsed `input` for the next read (it was not copied yet
+    /// when nothing was pending).
+    fn keep(&mut self, input: &[u8], was_pending: bool) -> usize {
+        if !was_pending {
+            if input.len() > MAX_LINE_BYTES {
+                self.phase = Phase::Lost;
+            } else {
+                self.pending.extend_from_slice(input);
+            }
+        }
+        input.len()
+    }
+
+    /// Consumed `used` bytes of the gathered buffer: how many of `input`.
+    fn consumed(&mut self, used: usize, input_len: usize) -> usize {
+        let before = self.pending.len().saturating_sub(input_len);
+        self.pending = Vec::new();
+        used - before
+    }
+
+    fn head(&mut self, input: &[u8], keys: &RandomState) -> usize {
+        let was_pending = !self.pending.is_empty();
+        let Some(bytes) = self.gather(input) else {
+            self.phase = Phase::Lost;
+            return input.len();
+        };
+        // Left uninitialised: httparse writes the fields it finds.
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            bytes,
+            &mut fields,
+        );
+        let (used, key, body) = match parsed {
+            Ok(httparse::Status::Partial) => return self.keep(input, was_pending),
+            Err(_) => {
+                self.phase = Phase::Lost;
+                return input.len();
+            }
+            Ok(httparse::Status::Complete(used)) => {
+                let key = keys.hash_one((
+                    request.method.unwrap_or_default(),
+                    request.path.unwrap_or_default(),
+                ));
+                (used, key, body_of(request.headers))
+            }
+        };
+        let used = if was_pending {
+            self.consumed(used, input.len())
+        } else {
+            used
+        };
+        match body {
+            Some((phase, twice)) => {
+                self.heads.push_back((key, twice));
+                self.phase = phase;
+            }
+            None => self.phase = Phase::Lost,
+        }
+        used
+    }
+
+    fn chunk_size(&mut self, input: &[u8]) -> usize {
+        let was_pending = !self.pending.is_empty();
+        let Some(bytes) = self.gather(input) else {
+            self.phase = Phase::Lost;
+            return input.len();
+        };
+        match httparse::parse_chunk_size(bytes) {
+            Ok(httparse::Status::Partial) => self.keep(input, was_pending),
+            Err(_) => {
+                self.phase = Phase::Lost;
+                input.len()
+            }
+            Ok(httparse::Status::Complete((used, size))) => {
+                self.phase = if size == 0 {
+                    Phase::Trailers
+                } else {
+                    Phase::ChunkData(size)
+                };
+                if was_pending {
+                    self.consumed(used, input.len())
+                } else {
+                    used
+                }
+            }
+        }
+    }
+
+    /// RFC 9112 §7.1.2: field lines after the last chunk, then an empty line.
+    fn trailers(&mut self, input: &[u8]) -> usize {
+        let was_pending = !self.pending.is_empty();
+        let Some(bytes) = self.gather(input) else {
+            self.phase = Phase::Lost;
+            return input.len();
+        };
+        let end = if bytes.starts_with(b"\r\n") {
+            Some(2)
+        } else {
+            memchr::memmem::find(bytes, b"\r\n\r\n").map(|at| at + 4)
+        };
+        match end {
+            None => self.keep(input, was_pending),
+            Some(used) => {
+                self.phase = Phase::Head;
+                if was_pending {
+                    self.consumed(used, input.len())
+                } else {
+                    used
+                }
+            }
+        }
+    }
 }
 
-/// An HTTP/1 connection's I/O, recording what it reads into a shared
-/// [`RecentInput`].
+/// How the body after these fields is framed, as hyper frames it, and
+/// whether both lengths were set; `None` for a head hyper refuses.
+fn body_of(fields: &[httparse::Header<'_>]) -> Option<(Phase, bool)> {
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for field in fields {
+        if field.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(field.value).ok()?.trim();
+            let parsed: u64 = value.parse().ok()?;
+            // hyper refuses differing lengths.
+            if length.is_some_and(|known| known != parsed) {
+                return None;
+            }
+            length = Some(parsed);
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            let value = std::str::from_utf8(field.value).ok()?;
+            let last = value.rsplit(',').next().unwrap_or("").trim();
+            chunked = Some(last.eq_ignore_ascii_case("chunked"));
+        }
+    }
+    match (chunked, length) {
+        // A coding other than chunked last: hyper refuses the request.
+        (Some(false), _) => None,
+        (Some(true), length) => Some((Phase::ChunkSize, length.is_some())),
+        (None, Some(0) | None) => Some((Phase::Head, false)),
+        (None, Some(length)) => Some((Phase::Length(length), false)),
+    }
+}
+
+/// An HTTP/1 connection's I/O, passing what it reads to a [`Framing`].
 pub struct Recording<I> {
     inner: I,
-    recent: std::sync::Arc<RecentInput>,
+    framing: Arc<Framing>,
 }
 
 impl<I> Recording<I> {
-    pub fn new(inner: I, recent: std::sync::Arc<RecentInput>) -> Self {
-        Recording { inner, recent }
+    pub fn new(inner: I, framing: Arc<Framing>) -> Self {
+        Recording { inner, framing }
     }
 }
 
@@ -107,7 +333,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Recording<I> {
         if let Poll::Ready(Ok(())) = poll {
             let read = &buf.filled()[before..];
             if !read.is_empty() {
-                self.recent.record(read);
+                self.framing.record(read);
             }
         }
         poll
@@ -145,81 +371,4 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Recording<I> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn recent(chunks: &[&[u8]]) -> RecentInput {
-        let recent = RecentInput::default();
-        for chunk in chunks {
-            recent.record(chunk);
-        }
-        recent
-    }
-
-    #[test]
-    fn finds_content_length_in_the_matching_head() {
-        let r = recent(&[
-            b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-            b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        ]);
-        assert_eq!(r.head_has_content_length("POST", "/b"), Some(false));
-        let r = recent(&[
-            b"POST /b HTTP/1.1\r\nconTent-LENGTH: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        ]);
-        assert_eq!(r.head_has_content_length("POST", "/b"), Some(true));
-    }
-
-    #[test]
-    fn a_body_that_looks_like_headers_does_not_count() {
-        let r = recent(&[
-            b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\nContent-Length: 5\r\n\r\n..\r\n0\r\n\r\n",
-        ]);
-        assert_eq!(r.head_has_content_length("POST", "/b"), Some(false));
-    }
-
-    #[test]
-    fn the_window_is_bounded() {
-        let r = RecentInput::default();
-        r.record(b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
-        r.record(&vec![b'x'; WINDOW]);
-        assert_eq!(r.head_has_content_length("POST", "/b"), None);
-        assert_eq!(r.bytes.lock().unwrap().len(), WINDOW);
-        r.record(b"tail");
-        assert_eq!(r.bytes.lock().unwrap().len(), WINDOW);
-    }
-
-    #[test]
-    fn a_head_at_the_start_of_a_large_read_is_kept() {
-        let r = RecentInput::default();
-        let mut read =
-            b"POST /b HTTP/1.1\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-        read.extend(vec![b'x'; 3 * WINDOW]);
-        r.record(&read);
-        assert_eq!(r.head_has_content_length("POST", "/b"), Some(true));
-    }
-
-    #[test]
-    fn a_look_alike_head_later_on_does_not_hide_the_real_one() {
-        let r = recent(&[
-            b"POST /b HTTP/1.1\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ]);
-        assert_eq!(r.head_has_content_length("POST", "/b"), Some(true));
-        // Nor one inside the real head.
-        let r = recent(&[
-            b"POST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX: POST /b HTTP/1.1\r\n\r\n",
-        ]);
-        assert_eq!(r.head_has_content_length("POST", "/b"), Some(true));
-    }
-
-    #[test]
-    fn a_head_right_after_a_body_is_found() {
-        let r = recent(&[
-            b"POST /a HTTP/1.1\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
-            b"PUT /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ]);
-        assert_eq!(r.head_has_content_length("PUT", "/b"), Some(false));
-        assert_eq!(r.head_has_content_length("PUT", "/b/c"), None);
-        assert_eq!(r.head_has_content_length("GET", "/b"), None);
-    }
-}
+mod tests;

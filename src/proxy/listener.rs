@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::body::ConnActivity;
-use super::framing::{RecentInput, Recording};
+use super::framing::{Framing, Recording};
 use crate::config::ServerConfig;
 use crate::gate::{ConnInfo, Gateway};
 
@@ -312,14 +312,19 @@ async fn run_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let recent = Arc::new(RecentInput::default());
-    let info = Arc::new(ConnInfo::new(peer, proto, activity.clone(), recent.clone()));
+    let framing = Arc::new(Framing::default());
+    let info = Arc::new(ConnInfo::new(
+        peer,
+        proto,
+        activity.clone(),
+        framing.clone(),
+    ));
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let gateway = gateway.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(gateway.handle(req, &info).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(Recording::new(io, recent)), service);
+    let conn = builder.serve_connection(TokioIo::new(Recording::new(io, framing)), service);
     tokio::pin!(conn);
     let mut closing = false;
     // Set when we asked the connection to close; past it, we drop it.

@@ -152,133 +152,114 @@ impl Tracker {
         }
     }
 
-    /// Buffers `input` behind what is pending; the whole of it, or `None`
-    /// when the buffer would pass [`MAX_LINE_BYTES`].
-    fn gather<'a>(&'a mut self, input: &'a [u8]) -> Option<&'a [u8]> {
-        if self.pending.is_empty() {
-            return Some(input);
-        }
-        if self.pending.len() + input.len() > MAX_LINE_BYTES {
-            return None;
-        }
-        self.pending.extend_from_slice(input);
-        Some(&self.pending)
-    }
-
-    /// Keeps the unparsed `input` for the next read (it was not copied yet
-    /// when nothing was pending).
-    fn keep(&mut self, input: &[u8], was_pending: bool) -> usize {
-        if !was_pending {
-            if input.len() > MAX_LINE_BYTES {
+    /// Runs `scan` over what is pending and `input`, as one buffer, and
+    /// keeps what it could not finish for the next read. Returns how many
+    /// bytes of `input` were used, and what `scan` found once complete. A
+    /// buffer past [`MAX_LINE_BYTES`], or input `scan` refuses, loses the
+    /// stream.
+    fn scan<T>(&mut self, input: &[u8], scan: impl FnOnce(&[u8]) -> Scan<T>) -> (usize, Option<T>) {
+        let was_pending = !self.pending.is_empty();
+        if was_pending {
+            if self.pending.len() + input.len() > MAX_LINE_BYTES {
                 self.phase = Phase::Lost;
-            } else {
+                return (input.len(), None);
+            }
+            self.pending.extend_from_slice(input);
+        }
+        let bytes = if was_pending {
+            &self.pending[..]
+        } else {
+            input
+        };
+        match scan(bytes) {
+            Scan::Complete(used, found) => {
+                // Of the buffer, `used`; of it, what was pending before.
+                let before = self.pending.len().saturating_sub(input.len());
+                self.pending = Vec::new();
+                (used - before, Some(found))
+            }
+            Scan::Partial if !was_pending && input.len() <= MAX_LINE_BYTES => {
                 self.pending.extend_from_slice(input);
+                (input.len(), None)
+            }
+            Scan::Partial if was_pending => (input.len(), None),
+            Scan::Partial | Scan::Invalid => {
+                self.phase = Phase::Lost;
+                (input.len(), None)
             }
         }
-        input.len()
-    }
-
-    /// Consumed `used` bytes of the gathered buffer: how many of `input`.
-    fn consumed(&mut self, used: usize, input_len: usize) -> usize {
-        let before = self.pending.len().saturating_sub(input_len);
-        self.pending = Vec::new();
-        used - before
     }
 
     fn head(&mut self, input: &[u8], keys: &RandomState) -> usize {
-        let was_pending = !self.pending.is_empty();
-        let Some(bytes) = self.gather(input) else {
-            self.phase = Phase::Lost;
-            return input.len();
-        };
-        // Left uninitialised: httparse writes the fields it finds.
-        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut request,
-            bytes,
-            &mut fields,
-        );
-        let (used, key, body) = match parsed {
-            Ok(httparse::Status::Partial) => return self.keep(input, was_pending),
-            Err(_) => {
-                self.phase = Phase::Lost;
-                return input.len();
+        let (used, found) = self.scan(input, |bytes| {
+            // Left uninitialised: httparse writes the fields it finds.
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+                &mut request,
+                bytes,
+                &mut fields,
+            );
+            match parsed {
+                Ok(httparse::Status::Partial) => Scan::Partial,
+                Err(_) => Scan::Invalid,
+                Ok(httparse::Status::Complete(used)) => {
+                    let key = keys.hash_one((
+                        request.method.unwrap_or_default(),
+                        request.path.unwrap_or_default(),
+                    ));
+                    Scan::Complete(used, (key, body_of(request.headers)))
+                }
             }
-            Ok(httparse::Status::Complete(used)) => {
-                let key = keys.hash_one((
-                    request.method.unwrap_or_default(),
-                    request.path.unwrap_or_default(),
-                ));
-                (used, key, body_of(request.headers))
-            }
-        };
-        let used = if was_pending {
-            self.consumed(used, input.len())
-        } else {
-            used
-        };
-        match body {
-            Some((phase, twice)) => {
+        });
+        match found {
+            Some((key, Some((phase, twice)))) => {
                 self.heads.push_back((key, twice));
                 self.phase = phase;
             }
-            None => self.phase = Phase::Lost,
+            Some((_, None)) => self.phase = Phase::Lost,
+            None => {}
         }
         used
     }
 
     fn chunk_size(&mut self, input: &[u8]) -> usize {
-        let was_pending = !self.pending.is_empty();
-        let Some(bytes) = self.gather(input) else {
-            self.phase = Phase::Lost;
-            return input.len();
-        };
-        match httparse::parse_chunk_size(bytes) {
-            Ok(httparse::Status::Partial) => self.keep(input, was_pending),
-            Err(_) => {
-                self.phase = Phase::Lost;
-                input.len()
-            }
-            Ok(httparse::Status::Complete((used, size))) => {
-                self.phase = if size == 0 {
-                    Phase::Trailers
-                } else {
-                    Phase::ChunkData(size)
-                };
-                if was_pending {
-                    self.consumed(used, input.len())
-                } else {
-                    used
-                }
-            }
+        let (used, size) = self.scan(input, |bytes| match httparse::parse_chunk_size(bytes) {
+            Ok(httparse::Status::Partial) => Scan::Partial,
+            Err(_) => Scan::Invalid,
+            Ok(httparse::Status::Complete((used, size))) => Scan::Complete(used, size),
+        });
+        match size {
+            Some(0) => self.phase = Phase::Trailers,
+            Some(size) => self.phase = Phase::ChunkData(size),
+            None => {}
         }
+        used
     }
 
     /// RFC 9112 §7.1.2: field lines after the last chunk, then an empty line.
     fn trailers(&mut self, input: &[u8]) -> usize {
-        let was_pending = !self.pending.is_empty();
-        let Some(bytes) = self.gather(input) else {
-            self.phase = Phase::Lost;
-            return input.len();
-        };
-        let end = if bytes.starts_with(b"\r\n") {
-            Some(2)
-        } else {
-            memchr::memmem::find(bytes, b"\r\n\r\n").map(|at| at + 4)
-        };
-        match end {
-            None => self.keep(input, was_pending),
-            Some(used) => {
-                self.phase = Phase::Head;
-                if was_pending {
-                    self.consumed(used, input.len())
-                } else {
-                    used
-                }
-            }
+        let (used, end) = self.scan(input, |bytes| {
+            let end = if bytes.starts_with(b"\r\n") {
+                Some(2)
+            } else {
+                memchr::memmem::find(bytes, b"\r\n\r\n").map(|at| at + 4)
+            };
+            end.map_or(Scan::Partial, |end| Scan::Complete(end, ()))
+        });
+        if end.is_some() {
+            self.phase = Phase::Head;
         }
+        used
     }
+}
+
+/// What a scan of a head, a chunk-size line or trailers found.
+enum Scan<T> {
+    Partial,
+    Invalid,
+    /// Done after this many bytes.
+    Complete(usize, T),
 }
 
 /// How the body after these fields is framed, as hyper frames it, and

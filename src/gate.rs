@@ -216,7 +216,7 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<GateBody> {
         let started = Instant::now();
         let guard = InFlight::start(conn.activity.clone(), self.metrics.in_flight.clone());
-        // Cheap clones: standard methods are inline, a URI shares its bytes.
+        // A cheap clone: standard methods are inline.
         let method = req.method().clone();
         // A copy, and only for the access log: a view of the URI would keep
         // hyper's read buffer alive for as long as a long-poll waits.

@@ -77,7 +77,7 @@ fn jwt<M: Measurement + 'static>(c: &mut Criterion<M>) {
         uncached.bench_function(format!("{alg:?}"), |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    auth.evict_token(&t).await;
+                    auth.evict_all();
                     auth.authenticate(&t).await.expect("valid")
                 })
             })

@@ -82,11 +82,11 @@ impl Admin {
         let auth = self.gateway.authenticator();
         let evicted = match serde_json::from_slice::<Eviction>(&body) {
             Ok(Eviction { token: Some(token), user_id: None, all: false }) => {
-                auth.evict_token(&token).await;
+                auth.revoke_token(&token, None).await;
                 "token"
             }
             Ok(Eviction { token: None, user_id: Some(user), all: false }) => {
-                auth.evict_user(&user);
+                auth.revoke_user(&user);
                 "user"
             }
             Ok(Eviction { token: None, user_id: None, all: true }) => {

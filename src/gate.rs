@@ -125,6 +125,34 @@ fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
     req.headers().contains_key(http::header::TRANSFER_ENCODING) && verdict != Verdict::Single
 }
 
+/// Makes the request the gateway judges the request the homeserver gets:
+/// hop-by-hop fields go before anything reads the headers, and what the
+/// homeserver could read a credential from besides the token the gateway
+/// checks is refused (docs/auth.md, "One token per request").
+fn one_view(req: &mut Request<Incoming>) -> Result<(), Refusal> {
+    if let Some(name) = headers::connection_names_guarded(req.headers()) {
+        tracing::debug!(name, "Connection names a field the gateway reads");
+        return Err(Refusal::HiddenCredential(
+            "Connection must not name Authorization, Host, Content-Type, Content-Length, Transfer-Encoding or a forwarding header.",
+        ));
+    }
+    if extract::merges_body_fields(req.headers()) {
+        return Err(Refusal::HiddenCredential(
+            "Form-encoded bodies are not accepted: Matrix APIs take JSON, and the homeserver would read an access_token from the form.",
+        ));
+    }
+    headers::strip_hop_by_hop(req.headers_mut());
+    Ok(())
+}
+
+fn credential_refusal(e: extract::ExtractError) -> Refusal {
+    if e.synapse_refuses_too() {
+        Refusal::MissingToken(e.message())
+    } else {
+        Refusal::AmbiguousToken(e.message())
+    }
+}
+
 /// `POST …/logout` ends one session; `POST …/logout/all` every session of
 /// the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,12 +260,18 @@ impl Gateway {
 
     async fn process<'r>(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &ConnInfo,
         rules: &'r RuleSet,
     ) -> Outcome<'r> {
         // 1. canonicalize
         let framed_twice = framed_twice(&req, conn);
+        if headers::header_bytes(req.headers()) > self.settings.max_header_bytes {
+            return Outcome::refused(Refusal::HeadersTooLarge, "-", None);
+        }
+        if let Err(refusal) = one_view(&mut req) {
+            return Outcome::refused(refusal, "-", None);
+        }
         let target = match canonicalize(req.uri(), req.version(), self.settings.max_path_bytes) {
             Ok(target) => target,
             Err(e) => return Outcome::refused(Refusal::BadTarget(e), "-", None),
@@ -245,40 +279,58 @@ impl Gateway {
         if framed_twice {
             return Outcome::refused(Refusal::AmbiguousFraming, "-", None);
         }
-        if headers::header_bytes(req.headers()) > self.settings.max_header_bytes {
-            return Outcome::refused(Refusal::HeadersTooLarge, "-", None);
-        }
         // 2. route
         let route = rules.route(req.method(), target.path);
         let label = route.label();
         let rule = route.index();
-        let needs_token = match route.access() {
+        let access = route.access();
+        let credential = match access {
             Access::Unmatched => return Outcome::refused(Refusal::NoRoute, label, None),
-            // CORS preflights carry no credentials (Fetch standard, §4.8).
-            _ if req.method() == Method::OPTIONS => false,
-            Access::Public | Access::Federation => false,
-            // A token that is present must be valid, even where none is needed.
-            Access::Optional => !matches!(
-                extract::credential(req.headers(), target.query, self.settings.allow_query_token),
-                Ok(Credential::Absent)
-            ),
-            Access::Protected => true,
+            // Signed with X-Matrix, not a bearer token: the homeserver's
+            // federation servlets read no access token.
+            Access::Federation => Credential::Absent,
+            _ => match extract::credential(
+                req.headers(),
+                target.query,
+                self.settings.allow_query_token,
+            ) {
+                Ok(credential) => credential,
+                Err(e) => return Outcome::refused(credential_refusal(e), label, None),
+            },
+        };
+        let token = match (credential, access) {
+            // CORS preflights carry no credentials (Fetch standard, §4.8), and
+            // Synapse answers them without reading one (`OptionsResource`).
+            _ if req.method() == Method::OPTIONS => None,
+            (Credential::Absent, Access::Protected) => {
+                return Outcome::refused(
+                    Refusal::MissingToken("Missing access token."),
+                    label,
+                    None,
+                )
+            }
+            (Credential::Absent, _) => None,
+            // A token that is present must be valid, even where none is
+            // needed: the homeserver acts on it.
+            (Credential::Token(token), _) => Some(token),
         };
         let mut user = None;
         let mut logout = None;
-        if needs_token {
+        if let Some(token) = token {
             // 3. authenticate
-            let (identity, token) = match self.authenticate(&req, target.query, conn).await {
-                Ok(found) => found,
+            let identity = match self.authenticate(&token, req.headers(), conn).await {
+                Ok(identity) => identity,
                 Err(refusal) => return Outcome::refused(refusal, label, None),
             };
             logout = Logout::of(req.method(), target.path).map(|kind| (kind, token.into_owned()));
-            // 4. authorize
-            if let scopes::Decision::Deny(denial) = rules.authorize(&route, &identity.scopes) {
-                let refusal = Refusal::InsufficientScope {
-                    required: denial.required_scopes(),
-                };
-                return Outcome::refused(refusal, label, Some(identity));
+            // 4. authorize (a public route asks only for a valid token)
+            if access != Access::Public {
+                if let scopes::Decision::Deny(denial) = rules.authorize(&route, &identity.scopes) {
+                    let refusal = Refusal::InsufficientScope {
+                        required: denial.required_scopes(),
+                    };
+                    return Outcome::refused(refusal, label, Some(identity));
+                }
             }
             user = Some(identity);
         }
@@ -307,23 +359,15 @@ impl Gateway {
         }
     }
 
-    async fn authenticate<'q>(
+    async fn authenticate(
         &self,
-        req: &'q Request<Incoming>,
-        query: Option<&'q str>,
+        token: &str,
+        headers: &http::HeaderMap,
         conn: &ConnInfo,
-    ) -> Result<(Arc<Identity>, std::borrow::Cow<'q, str>), Refusal> {
-        let token = match extract::credential(req.headers(), query, self.settings.allow_query_token)
-        {
-            Ok(Credential::Token(token)) => token,
-            Ok(Credential::Absent) => {
-                return Err(Refusal::MissingToken("Missing access token."));
-            }
-            Err(e) => return Err(Refusal::MissingToken(e.message())),
-        };
-        let client = self.client_ip(req.headers(), conn.peer.ip());
-        match self.auth.authenticate_from(&token, client).await {
-            Ok(identity) => Ok((identity, token)),
+    ) -> Result<Arc<Identity>, Refusal> {
+        let client = self.client_ip(headers, conn.peer.ip());
+        match self.auth.authenticate_from(token, client).await {
+            Ok(identity) => Ok(identity),
             Err(AuthError::Invalid { soft_logout }) => Err(Refusal::UnknownToken { soft_logout }),
             Err(AuthError::Unavailable) => Err(Refusal::ProviderUnavailable),
             Err(AuthError::RateLimited { retry_after }) => Err(Refusal::RateLimited {
@@ -335,11 +379,11 @@ impl Gateway {
     /// The homeserver ended a session: the gateway must not go on
     /// honouring its token from cache.
     async fn observe_logout(&self, kind: Logout, token: &str, identity: &Identity) {
-        self.auth.revoke_token(token).await;
+        self.auth.revoke_token(token, Some(identity)).await;
         if kind == Logout::All {
-            self.auth.evict_user(&identity.user_id);
+            self.auth.revoke_user(&identity.user_id);
         }
-        tracing::info!(user = %identity.user_id, all = kind == Logout::All, "logout observed; token evicted");
+        tracing::info!(user = %identity.user_id, all = kind == Logout::All, "logout observed; token revoked");
     }
 
     /// The address rate limits apply to: the peer, or, behind trusted
@@ -370,7 +414,6 @@ impl Gateway {
     ) -> Result<Response<GateBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         let headers = &mut parts.headers;
-        headers::strip_hop_by_hop(headers);
         headers::ensure_host(headers, parts.uri.authority());
         let view = ClientView {
             peer: &conn.peer_value,

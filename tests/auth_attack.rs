@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auth_common::{build, introspection_settings, mas_stub, random_alnum};
-use scopegate::auth::{
-    AuthError, CacheConfig, ClientAuthMethod, InvalidTokenLimiter, RateLimitConfig,
-};
+use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod, RateLimitConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_random_tokens_stay_within_the_capacity() {
@@ -53,48 +51,56 @@ async fn ten_thousand_random_tokens_stay_within_the_capacity() {
     assert_eq!(stub.calls(), before);
 }
 
-#[tokio::test]
-async fn the_limiter_bounds_provider_calls_from_one_client() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiter_bounds_provider_calls_from_one_client_even_in_parallel() {
     let stub = mas_stub(|_| false).await;
-    let auth = build(
-        &introspection_settings(&stub.url, ClientAuthMethod::Bearer),
-        &CacheConfig::default(),
-    );
-    let limiter = InvalidTokenLimiter::new(&RateLimitConfig {
+    let mut settings = introspection_settings(&stub.url, ClientAuthMethod::Bearer);
+    settings.rate_limit = RateLimitConfig {
         burst: 20,
         per_minute: 30,
         ..RateLimitConfig::default()
-    });
-    let registry = prometheus::Registry::new();
-    limiter.register_metrics(&registry).unwrap();
+    };
+    let auth = Arc::new(build(&settings, &CacheConfig::default()));
     let attacker: IpAddr = "203.0.113.7".parse().unwrap();
-    let mut limited = 0;
-    // What the pipeline does per request: check, authenticate, record.
-    for i in 0..10_000 {
-        if let Err(retry) = limiter.check(attacker) {
-            assert!(
-                retry > Duration::ZERO && retry <= Duration::from_secs(2),
-                "{retry:?}"
-            );
-            limited += 1;
-            continue;
-        }
-        let token = format!("opaque-{i}-{}", random_alnum(20));
-        if let Err(AuthError::Invalid { .. }) = auth.authenticate(&token).await {
-            limiter.record_invalid(attacker);
-        }
+    // 100 callers at once, as 100 connections would be: every validation in
+    // flight must already count against the budget.
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..100 {
+        let auth = auth.clone();
+        tasks.spawn(async move {
+            let mut limited = 0;
+            for i in 0..100 {
+                let token = format!("opaque-{worker}-{i}-{}", random_alnum(20));
+                match auth.authenticate_from(&token, attacker).await {
+                    Err(AuthError::RateLimited { retry_after }) => {
+                        assert!(
+                            retry_after > Duration::ZERO && retry_after <= Duration::from_secs(2),
+                            "{retry_after:?}"
+                        );
+                        limited += 1;
+                    }
+                    r => assert_eq!(r.unwrap_err(), AuthError::Invalid { soft_logout: false }),
+                }
+            }
+            limited
+        });
     }
-    assert_eq!(stub.calls(), 20, "only the burst reached the provider");
-    assert_eq!(limited, 10_000 - 20);
+    let mut limited = 0;
+    while let Some(r) = tasks.join_next().await {
+        limited += r.unwrap();
+    }
+    // 30 a minute refill: at most one more if the flood outlasts 2 s.
     assert!(
-        limiter.check("203.0.113.8".parse().unwrap()).is_ok(),
-        "other clients unaffected"
+        (20..=21).contains(&stub.calls()),
+        "{} provider calls",
+        stub.calls()
     );
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
-    assert!(
-        text.contains("scopegate_rate_limited_requests_total 9980"),
-        "{text}"
+    assert_eq!(limited, 10_000 - stub.calls());
+    let other: IpAddr = "203.0.113.8".parse().unwrap();
+    let r = auth.authenticate_from("opaque-other", other).await;
+    assert_eq!(
+        r.unwrap_err(),
+        AuthError::Invalid { soft_logout: false },
+        "other clients unaffected"
     );
 }

@@ -10,8 +10,11 @@
 //! - An entry lives no longer than the token, nor than `max_ttl`; a refusal
 //!   lives `negative_ttl`. Provider errors are never stored.
 //! - Concurrent misses for one key share one validation.
+//! - A valid entry notes the revocation generation it was last checked at
+//!   (`revocation.rs`), so a hit re-checks only after a revocation.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +47,7 @@ pub(crate) struct CacheKey {
 }
 
 impl CacheKey {
+    #[cfg(test)]
     pub(crate) fn new(token: &str, profile: Profile) -> Self {
         Self::of_digest(TokenDigest::of(token), profile)
     }
@@ -51,6 +55,10 @@ impl CacheKey {
     /// For a token already hashed: one SHA-256 per request, not two.
     pub(crate) fn of_digest(token: TokenDigest, profile: Profile) -> Self {
         CacheKey { token, profile }
+    }
+
+    pub(crate) fn token(&self) -> &TokenDigest {
+        &self.token
     }
 }
 
@@ -61,18 +69,55 @@ pub(crate) enum Verdict {
     Invalid { soft_logout: bool },
 }
 
-impl Verdict {
+/// What the cache holds for a token.
+#[derive(Debug, Clone)]
+pub(crate) enum Cached {
+    Valid(Arc<Vouched>),
+    Invalid { soft_logout: bool },
+}
+
+#[derive(Debug)]
+pub(crate) struct Vouched {
+    pub(crate) identity: Arc<Identity>,
+    /// The revocation generation this identity was last checked at.
+    checked: AtomicU64,
+}
+
+impl Cached {
+    /// `verdict`, checked against the revocations of `generation`.
+    pub(crate) fn new(verdict: Verdict, generation: u64) -> Self {
+        match verdict {
+            Verdict::Valid(identity) => Cached::Valid(Arc::new(Vouched {
+                identity,
+                checked: AtomicU64::new(generation),
+            })),
+            Verdict::Invalid { soft_logout } => Cached::Invalid { soft_logout },
+        }
+    }
+
     pub(crate) fn into_result(self) -> Result<Arc<Identity>, AuthError> {
         match self {
-            Verdict::Valid(identity) => Ok(identity),
-            Verdict::Invalid { soft_logout } => Err(AuthError::Invalid { soft_logout }),
+            Cached::Valid(vouched) => Ok(vouched.identity.clone()),
+            Cached::Invalid { soft_logout } => Err(AuthError::Invalid { soft_logout }),
         }
+    }
+}
+
+impl Vouched {
+    /// Whether no revocation arrived since this identity was last checked.
+    pub(crate) fn checked_at(&self, generation: u64) -> bool {
+        self.checked.load(Ordering::Relaxed) == generation
+    }
+
+    /// Checked again at `generation` and still good.
+    pub(crate) fn mark_checked(&self, generation: u64) {
+        self.checked.fetch_max(generation, Ordering::Relaxed);
     }
 }
 
 #[derive(Clone)]
 pub(crate) struct TokenCache {
-    entries: Cache<CacheKey, Verdict>,
+    entries: Cache<CacheKey, Cached>,
 }
 
 impl TokenCache {
@@ -83,7 +128,6 @@ impl TokenCache {
                 max_ttl: cfg.max_ttl(),
                 negative_ttl: cfg.negative_ttl(),
             })
-            .support_invalidation_closures()
             .build();
         TokenCache { entries }
     }
@@ -96,15 +140,15 @@ impl TokenCache {
     pub(crate) async fn get_or_validate(
         &self,
         key: CacheKey,
-        validate: impl Future<Output = Result<Verdict, AuthError>>,
-    ) -> (Result<Verdict, AuthError>, bool) {
+        validate: impl Future<Output = Result<Cached, AuthError>>,
+    ) -> (Result<Cached, AuthError>, bool) {
         if let Some(v) = self.cached(&key).await {
             return (Ok(v), true);
         }
         (self.validate_shared(key, validate).await, false)
     }
 
-    pub(crate) async fn cached(&self, key: &CacheKey) -> Option<Verdict> {
+    pub(crate) async fn cached(&self, key: &CacheKey) -> Option<Cached> {
         self.entries.get(key).await
     }
 
@@ -112,36 +156,19 @@ impl TokenCache {
     pub(crate) async fn validate_shared(
         &self,
         key: CacheKey,
-        validate: impl Future<Output = Result<Verdict, AuthError>>,
-    ) -> Result<Verdict, AuthError> {
+        validate: impl Future<Output = Result<Cached, AuthError>>,
+    ) -> Result<Cached, AuthError> {
         self.entries
             .try_get_with(key, validate)
             .await
             .map_err(|e| *e)
     }
 
-    pub(crate) async fn evict(&self, key: &CacheKey) {
-        self.entries.invalidate(key).await;
-    }
-
     /// Remembers `key` as invalid for the negative TTL, whatever was cached.
     pub(crate) async fn refuse(&self, key: CacheKey) {
         self.entries
-            .insert(key, Verdict::Invalid { soft_logout: false })
+            .insert(key, Cached::Invalid { soft_logout: false })
             .await;
-    }
-
-    /// Every valid token of `user_id` is gone for readers from now on; moka
-    /// removes them in the background.
-    pub(crate) fn evict_user(&self, user_id: &str) {
-        let user_id = user_id.to_string();
-        let registered = self.entries.invalidate_entries_if(
-            move |_, v| matches!(v, Verdict::Valid(identity) if identity.user_id == user_id),
-        );
-        if registered.is_err() {
-            // Only possible without support_invalidation_closures(); never drop a logout.
-            self.entries.invalidate_all();
-        }
     }
 
     pub(crate) fn evict_all(&self) {
@@ -164,10 +191,10 @@ struct Lifetime {
 }
 
 impl Lifetime {
-    fn of(&self, value: &Verdict) -> Duration {
+    fn of(&self, value: &Cached) -> Duration {
         match value {
-            Verdict::Invalid { .. } => self.negative_ttl,
-            Verdict::Valid(identity) => match identity.expires_at {
+            Cached::Invalid { .. } => self.negative_ttl,
+            Cached::Valid(vouched) => match vouched.identity.expires_at {
                 // Never outlive the token itself.
                 Some(at) => at
                     .duration_since(SystemTime::now())
@@ -179,8 +206,8 @@ impl Lifetime {
     }
 }
 
-impl Expiry<CacheKey, Verdict> for Lifetime {
-    fn expire_after_create(&self, _: &CacheKey, value: &Verdict, _: Instant) -> Option<Duration> {
+impl Expiry<CacheKey, Cached> for Lifetime {
+    fn expire_after_create(&self, _: &CacheKey, value: &Cached, _: Instant) -> Option<Duration> {
         Some(self.of(value))
     }
 
@@ -189,7 +216,7 @@ impl Expiry<CacheKey, Verdict> for Lifetime {
     fn expire_after_update(
         &self,
         _: &CacheKey,
-        value: &Verdict,
+        value: &Cached,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -210,8 +237,13 @@ mod tests {
             client_id: None,
             scopes: ScopeSet::default(),
             expires_at: expires_in.map(|d| SystemTime::now() + d),
+            vouched_at: None,
             source: "test",
         })
+    }
+
+    fn valid(identity: Arc<Identity>) -> Cached {
+        Cached::new(Verdict::Valid(identity), 0)
     }
 
     fn cache() -> TokenCache {
@@ -223,7 +255,7 @@ mod tests {
         let c = cache();
         let a = CacheKey::new("tok", Profile::new("jwt iss=a"));
         let b = CacheKey::new("tok", Profile::new("jwt iss=b"));
-        let valid = Verdict::Valid(identity("@u:x", None));
+        let valid = valid(identity("@u:x", None));
         let (r, hit) = c.get_or_validate(a, async { Ok(valid) }).await;
         assert!(r.is_ok() && !hit);
         let (r, hit) = c
@@ -261,50 +293,21 @@ mod tests {
         };
         let k = CacheKey::new("t", Profile::new("p"));
         let now = Instant::now();
-        let ttl = |v: Verdict| l.expire_after_create(&k, &v, now).unwrap();
+        let ttl = |v: Cached| l.expire_after_create(&k, &v, now).unwrap();
         assert_eq!(
-            ttl(Verdict::Invalid { soft_logout: false }),
+            ttl(Cached::Invalid { soft_logout: false }),
             Duration::from_secs(10)
         );
-        assert_eq!(
-            ttl(Verdict::Valid(identity("@u:x", None))),
-            Duration::from_secs(60)
-        );
-        let short = ttl(Verdict::Valid(identity(
-            "@u:x",
-            Some(Duration::from_secs(5)),
-        )));
+        assert_eq!(ttl(valid(identity("@u:x", None))), Duration::from_secs(60));
+        let short = ttl(valid(identity("@u:x", Some(Duration::from_secs(5)))));
         assert!(short <= Duration::from_secs(5) && short > Duration::from_secs(4));
-        let long = ttl(Verdict::Valid(identity(
-            "@u:x",
-            Some(Duration::from_secs(3600)),
-        )));
+        let long = ttl(valid(identity("@u:x", Some(Duration::from_secs(3600)))));
         assert_eq!(long, Duration::from_secs(60));
         let past = identity("@u:x", None);
         let past = Arc::new(Identity {
             expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
             ..(*past).clone()
         });
-        assert_eq!(ttl(Verdict::Valid(past)), Duration::ZERO);
-    }
-
-    #[tokio::test]
-    async fn evict_user_leaves_other_users() {
-        let c = cache();
-        let p = Profile::new("p");
-        for (tok, user) in [("a1", "@a:x"), ("a2", "@a:x"), ("b1", "@b:x")] {
-            let v = Verdict::Valid(identity(user, None));
-            c.get_or_validate(CacheKey::new(tok, p), async { Ok(v) })
-                .await
-                .0
-                .unwrap();
-        }
-        c.evict_user("@a:x");
-        for (tok, cached) in [("a1", false), ("a2", false), ("b1", true)] {
-            let (_, hit) = c
-                .get_or_validate(CacheKey::new(tok, p), async { Err(AuthError::Unavailable) })
-                .await;
-            assert_eq!(hit, cached, "{tok}");
-        }
+        assert_eq!(ttl(valid(past)), Duration::ZERO);
     }
 }

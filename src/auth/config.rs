@@ -169,6 +169,7 @@ pub struct CacheConfig {
     pub max_ttl_s: u64,
     pub negative_ttl_s: u64,
     pub capacity: u64,
+    pub revocations: RevocationConfig,
 }
 
 impl Default for CacheConfig {
@@ -177,6 +178,29 @@ impl Default for CacheConfig {
             max_ttl_s: 60,
             negative_ttl_s: 10,
             capacity: 100_000,
+            revocations: RevocationConfig::default(),
+        }
+    }
+}
+
+/// `[cache.revocations]`: logouts and evictions, remembered until the
+/// tokens they cover expire (docs/auth.md, "Revocations").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// Revoked tokens held at once, and as many users' watermarks.
+    pub capacity: usize,
+    /// How long a revocation lasts when the token's expiry is unknown, and
+    /// how long a user's watermark refuses their older tokens: at least the
+    /// longest access-token lifetime the issuer grants.
+    pub max_ttl_s: u64,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        RevocationConfig {
+            capacity: 100_000,
+            max_ttl_s: 86_400,
         }
     }
 }
@@ -331,6 +355,15 @@ impl CacheConfig {
         }
         if self.max_ttl_s == 0 {
             return Err("[cache] max_ttl_s must be at least 1 (every request would reach the identity provider)".into());
+        }
+        if self.revocations.capacity == 0 {
+            return Err("[cache.revocations] capacity must be at least 1".into());
+        }
+        if self.revocations.max_ttl_s < self.max_ttl_s {
+            return Err(format!(
+                "[cache.revocations] max_ttl_s ({}) must be at least [cache] max_ttl_s ({}): a revocation must outlive what the cache remembers",
+                self.revocations.max_ttl_s, self.max_ttl_s
+            ));
         }
         Ok(())
     }

@@ -1,12 +1,28 @@
-//! Where a request carries its access token. Mirrors Synapse's reading
-//! (`get_access_token_from_request`) so a client sees the same refusals with
-//! and without the gateway.
+//! Where a request carries its access token, read the way the homeserver
+//! reads it: the token the gateway checks must be the only credential the
+//! homeserver can find (docs/auth.md, "One token per request").
+//!
+//! Synapse (`synapse/api/auth/base.py`, `get_access_token_from_request`)
+//! takes `Authorization: Bearer`, or else the first `access_token` in
+//! Twisted's `request.args`. Twisted (`twisted/web/http.py`, `parse_qs`)
+//! splits the query on `&` *and* `;`, reads `+` as a space and
+//! percent-decodes names as well as values, so `access%5Ftoken` is
+//! `access_token` to it. Other homeservers split differently (Go's
+//! `url.ParseQuery` refuses `;`, `form_urlencoded` knows only `&`). So a
+//! query token is accepted in the one form every parser reads alike —
+//! spelled `access_token`, once, between `&`s — and any other spelling that
+//! Twisted would still find is refused rather than guessed about.
+//!
+//! Twisted also merges the fields of a `POST` form body into the same
+//! arguments; [`merges_body_fields`] finds the requests it would do that for.
 
 use std::borrow::Cow;
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
 use memchr::memchr;
+
+const QUERY_NAME: &str = "access_token";
 
 /// The token as the request carried it.
 #[derive(Debug, PartialEq, Eq)]
@@ -15,7 +31,7 @@ pub enum Credential<'a> {
     Token(Cow<'a, str>),
 }
 
-/// Every variant answers 401 `M_MISSING_TOKEN`, as in Synapse.
+/// Why no single token can be taken from a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtractError {
     TooManyHeaders,
@@ -23,6 +39,14 @@ pub enum ExtractError {
     /// Spec v1.11 / MSC4126: header and query together are refused.
     Mixed,
     QueryNotAllowed,
+    /// `access_token` written with percent-encoding in its name.
+    EncodedName,
+    /// More than one `access_token` parameter.
+    Repeated,
+    /// A query token in a query that also uses `;` as a separator.
+    Semicolon,
+    /// `access_token` without a value, or one that is not UTF-8.
+    UnreadableQueryToken,
 }
 
 impl ExtractError {
@@ -36,7 +60,30 @@ impl ExtractError {
             ExtractError::QueryNotAllowed => {
                 "The access_token query parameter is not accepted here; use an Authorization header."
             }
+            ExtractError::EncodedName => {
+                "The access_token parameter name must not be percent-encoded."
+            }
+            ExtractError::Repeated => "The access_token query parameter appears more than once.",
+            ExtractError::Semicolon => {
+                "A query carrying access_token must not use ';' as a separator."
+            }
+            ExtractError::UnreadableQueryToken => {
+                "The access_token query parameter is empty or not UTF-8."
+            }
         }
+    }
+
+    /// Synapse refuses these itself, with 401 `M_MISSING_TOKEN`; the others
+    /// are spellings it would accept and another parser might not, refused
+    /// with 400 by the gateway alone.
+    pub fn synapse_refuses_too(self) -> bool {
+        matches!(
+            self,
+            ExtractError::TooManyHeaders
+                | ExtractError::InvalidHeader
+                | ExtractError::Mixed
+                | ExtractError::QueryNotAllowed
+        )
     }
 }
 
@@ -50,7 +97,10 @@ pub fn credential<'a>(
     if values.next().is_some() {
         return Err(ExtractError::TooManyHeaders);
     }
-    let from_query = query.and_then(query_token);
+    let from_query = match query {
+        Some(query) => query_token(query)?,
+        None => None,
+    };
     match (header, from_query) {
         (Some(_), Some(_)) => Err(ExtractError::Mixed),
         (Some(value), None) => {
@@ -69,15 +119,65 @@ pub fn credential<'a>(
     }
 }
 
-/// The first `access_token` parameter, percent-decoded.
-fn query_token(query: &str) -> Option<Cow<'_, str>> {
-    query.split('&').find_map(|pair| {
-        let value = pair.strip_prefix("access_token=")?;
-        let value = value.replace('+', " ");
-        percent_encoding::percent_decode_str(&value)
-            .decode_utf8()
-            .ok()
-            .map(|v| Cow::Owned(v.into_owned()))
+/// The query's token: `None` when Twisted would find none, an error when it
+/// would find one in a form that not every parser reads alike.
+fn query_token(query: &str) -> Result<Option<Cow<'_, str>>, ExtractError> {
+    let mut found = None;
+    // Twisted's separators, both of them.
+    for pair in query.split(['&', ';']) {
+        let (name, value) = match pair.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (pair, None),
+        };
+        if !names_the_token(name) {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ExtractError::Repeated);
+        }
+        if name != QUERY_NAME {
+            return Err(ExtractError::EncodedName);
+        }
+        found = Some(decode_value(value.unwrap_or_default())?);
+    }
+    if found.is_some() && memchr(b';', query.as_bytes()).is_some() {
+        return Err(ExtractError::Semicolon);
+    }
+    Ok(found)
+}
+
+/// Whether Twisted would read `name` as `access_token`: `+` is a space,
+/// then percent-decoding (invalid escapes stay as they are).
+fn names_the_token(name: &str) -> bool {
+    if memchr(b'%', name.as_bytes()).is_none() {
+        return name == QUERY_NAME;
+    }
+    let spaced = name.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).eq(QUERY_NAME.bytes())
+}
+
+fn decode_value(value: &str) -> Result<Cow<'_, str>, ExtractError> {
+    if value.is_empty() {
+        return Err(ExtractError::UnreadableQueryToken);
+    }
+    let spaced = value.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|v| Cow::Owned(v.into_owned()))
+        .map_err(|_| ExtractError::UnreadableQueryToken)
+}
+
+/// Whether Twisted would merge the request body's fields into the arguments
+/// it looks for `access_token` in: a form body (`twisted/web/http.py`,
+/// `Request.requestReceived`, for `POST`). Matrix APIs take JSON, so every
+/// method is checked, and any `Content-Type` value that names either form
+/// type counts, whatever its parameters or spelling.
+pub fn merges_body_fields(headers: &HeaderMap) -> bool {
+    headers.get_all(CONTENT_TYPE).iter().any(|value| {
+        let value = value.as_bytes().to_ascii_lowercase();
+        [&b"x-www-form-urlencoded"[..], b"multipart/form-data"]
+            .iter()
+            .any(|form| memchr::memmem::find(&value, form).is_some())
     })
 }
 
@@ -98,6 +198,14 @@ mod tests {
         Credential::Token(Cow::Borrowed(t))
     }
 
+    fn from_query(q: &str) -> Result<Credential<'static>, ExtractError> {
+        let h = HeaderMap::new();
+        credential(&h, Some(q), true).map(|c| match c {
+            Credential::Absent => Credential::Absent,
+            Credential::Token(t) => Credential::Token(Cow::Owned(t.into_owned())),
+        })
+    }
+
     #[test]
     fn bearer_header() {
         let h = headers(&["Bearer abc"]);
@@ -106,11 +214,11 @@ mod tests {
 
     #[test]
     fn query_parameter_is_decoded() {
-        let h = headers(&[]);
         assert_eq!(
-            credential(&h, Some("since=s1&access_token=a%2Bb"), true),
-            Ok(Credential::Token(Cow::Owned("a+b".into())))
+            from_query("since=s1&access_token=a%2Bb+c"),
+            Ok(Credential::Token(Cow::Owned("a+b c".into())))
         );
+        let h = headers(&[]);
         assert_eq!(
             credential(&h, Some("access_token=x"), false),
             Err(ExtractError::QueryNotAllowed)
@@ -124,6 +232,67 @@ mod tests {
             credential(&h, Some("access_token=abc"), true),
             Err(ExtractError::Mixed)
         );
+        // Also when the query spells the name so only Twisted reads it.
+        assert!(credential(&h, Some("access%5Ftoken=abc"), true).is_err());
+    }
+
+    #[test]
+    fn spellings_twisted_decodes_are_refused() {
+        for q in [
+            "access%5Ftoken=x",
+            "access%5ftoken=x",
+            "%61ccess_token=x",
+            "%61%63%63%65%73%73%5F%74%6F%6B%65%6E=x",
+        ] {
+            assert_eq!(from_query(q), Err(ExtractError::EncodedName), "{q}");
+        }
+        // Not `access_token` to Twisted either: plain parameters.
+        for q in [
+            "access+token=x",
+            "Access_token=x",
+            "access_token_x=1",
+            "access%5Gtoken=1",
+        ] {
+            assert_eq!(from_query(q), Ok(Credential::Absent), "{q}");
+        }
+    }
+
+    #[test]
+    fn repeats_and_semicolons_are_refused() {
+        assert_eq!(
+            from_query("access_token=a&access_token=b"),
+            Err(ExtractError::Repeated)
+        );
+        assert_eq!(
+            from_query("access_token=a;access_token=b"),
+            Err(ExtractError::Repeated)
+        );
+        assert_eq!(
+            from_query("access_token=a&x=1;y=2"),
+            Err(ExtractError::Semicolon)
+        );
+        assert_eq!(
+            from_query("x=1;access_token=a"),
+            Err(ExtractError::Semicolon)
+        );
+        // `;` in a query without a token is none of our business.
+        assert_eq!(from_query("x=1;y=2"), Ok(Credential::Absent));
+    }
+
+    #[test]
+    fn empty_or_undecodable_values_are_refused() {
+        for q in [
+            "access_token=",
+            "access_token",
+            "access_token=%FF",
+            "x&access_token",
+        ] {
+            assert_eq!(
+                from_query(q),
+                Err(ExtractError::UnreadableQueryToken),
+                "{q}"
+            );
+        }
     }
 
     #[test]
@@ -147,5 +316,26 @@ mod tests {
             credential(&headers(&[]), Some("access_token_x=1"), true),
             Ok(Credential::Absent)
         );
+    }
+
+    #[test]
+    fn form_bodies_are_found_in_any_spelling() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.append(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            merges_body_fields(&h)
+        };
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            " application/x-www-form-urlencoded ;",
+            "multipart/form-data; boundary=x",
+        ] {
+            assert!(with(ct), "{ct}");
+        }
+        for ct in ["application/json", "image/png", "text/plain; charset=utf-8"] {
+            assert!(!with(ct), "{ct}");
+        }
+        assert!(!merges_body_fields(&HeaderMap::new()));
     }
 }

@@ -245,6 +245,8 @@ impl Introspector {
             client_id: r.client_id,
             scopes,
             expires_at,
+            // The provider vouched for it just now.
+            vouched_at: Some(now),
             source: "introspection",
         })
     }

@@ -252,9 +252,16 @@ impl JwtValidator {
                 .map(str::to_string),
             scopes,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp)),
+            vouched_at: number(claims, "iat").map(end_of_second),
             source: "jwt",
         })
     }
+}
+
+/// The latest moment a token with this `iat` (whole seconds, RFC 7519
+/// §4.1.6) can have been issued.
+fn end_of_second(iat: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(iat) + Duration::from_nanos(999_999_999)
 }
 
 /// A claim that is a string; any other type counts as absent.
@@ -434,6 +441,7 @@ mod tests {
                     .map(str::to_string),
                 scopes,
                 expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp)),
+                vouched_at: number(claims, "iat").map(end_of_second),
                 source: "jwt",
             })
         }

@@ -113,6 +113,8 @@ impl LegacyValidator {
             client_id: None,
             scopes: self.scopes.clone(),
             expires_at: None,
+            // The homeserver vouched for it just now.
+            vouched_at: Some(std::time::SystemTime::now()),
             source: "legacy",
         })
     }

@@ -60,37 +60,57 @@ impl InvalidTokenLimiter {
             .map_err(|e| format!("cannot register the rate-limit metric: {e}"))
     }
 
-    /// Before authenticating: `Err(retry_after)` once the client's budget of
-    /// invalid tokens is spent.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+    /// Before validating a token the cache does not know: takes one invalid
+    /// token's worth from the client's budget, or `Err(retry_after)` once
+    /// it is spent. Taken up front, so that validations in flight count:
+    /// however many run at once, no more than the burst get through.
+    pub fn reserve(&self, ip: IpAddr) -> Result<Reservation, Duration> {
         let Some(b) = &self.buckets else {
-            return Ok(());
-        };
-        let Some(tat) = b.clients.get(&b.key(ip)) else {
-            return Ok(());
-        };
-        let now = b.now();
-        // GCRA: the next invalid token would push the debt past the tolerance.
-        let debt_after = tat.load(Ordering::Relaxed).saturating_sub(now) + b.interval;
-        if debt_after > b.tolerance {
-            self.limited.inc();
-            return Err(Duration::from_nanos(debt_after - b.tolerance));
-        }
-        Ok(())
-    }
-
-    /// After a request ended in `M_UNKNOWN_TOKEN`.
-    pub fn record_invalid(&self, ip: IpAddr) {
-        let Some(b) = &self.buckets else {
-            return;
+            return Ok(Reservation::none());
         };
         let now = b.now();
         let tat = b
             .clients
             .get_with(b.key(ip), || Arc::new(AtomicU64::new(now)));
-        let _ = tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-            Some(t.max(now) + b.interval)
+        // GCRA: refuse when this token would push the debt past the tolerance.
+        let taken = tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            let next = t.max(now) + b.interval;
+            (next - now <= b.tolerance).then_some(next)
         });
+        match taken {
+            Ok(_) => Ok(Reservation {
+                taken: Some((tat, b.interval)),
+            }),
+            Err(t) => {
+                self.limited.inc();
+                Err(Duration::from_nanos(
+                    t.max(now) + b.interval - now - b.tolerance,
+                ))
+            }
+        }
+    }
+}
+
+/// One invalid token's worth of a client's budget, spent unless the token
+/// turns out not to be invalid.
+#[must_use = "a reservation not refunded stays spent"]
+pub struct Reservation {
+    taken: Option<(Arc<AtomicU64>, u64)>,
+}
+
+impl Reservation {
+    /// For callers the limiter does not apply to.
+    pub fn none() -> Self {
+        Reservation { taken: None }
+    }
+
+    /// The token was valid (or nobody could tell): the budget is given back.
+    pub fn refund(self) {
+        if let Some((tat, interval)) = self.taken {
+            let _ = tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(interval))
+            });
+        }
     }
 }
 
@@ -128,42 +148,67 @@ mod tests {
         })
     }
 
+    /// Reserves and keeps the reservation: an invalid token.
+    fn spend(l: &InvalidTokenLimiter, ip: IpAddr) -> Result<(), Duration> {
+        l.reserve(ip).map(drop)
+    }
+
     #[test]
     fn the_burst_is_allowed_then_refused_with_a_retry_time() {
         let l = limiter(3, 60);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(l.check(ip), Ok(()));
-            l.record_invalid(ip);
+            assert_eq!(spend(&l, ip), Ok(()));
         }
-        let retry = l.check(ip).unwrap_err();
+        let retry = spend(&l, ip).unwrap_err();
         assert!(
             retry > Duration::from_millis(900) && retry <= Duration::from_secs(1),
             "{retry:?}"
         );
         assert_eq!(l.limited.get(), 1);
         // Another client is unaffected.
-        assert_eq!(l.check("192.0.2.2".parse().unwrap()), Ok(()));
+        assert_eq!(spend(&l, "192.0.2.2".parse().unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn refunded_reservations_cost_nothing() {
+        let l = limiter(2, 60);
+        let ip: IpAddr = "192.0.2.5".parse().unwrap();
+        for _ in 0..100 {
+            l.reserve(ip).unwrap().refund();
+        }
+        assert_eq!(spend(&l, ip), Ok(()));
+        assert_eq!(spend(&l, ip), Ok(()));
+        assert!(spend(&l, ip).is_err());
+    }
+
+    #[test]
+    fn reservations_in_flight_count_against_the_burst() {
+        let l = limiter(20, 60);
+        let ip: IpAddr = "192.0.2.6".parse().unwrap();
+        // Held, not yet spent nor refunded: as validations in flight are.
+        let held: Vec<_> = (0..100).filter_map(|_| l.reserve(ip).ok()).collect();
+        assert_eq!(held.len(), 20);
     }
 
     #[test]
     fn ipv6_clients_share_their_prefix() {
         let l = limiter(1, 60);
-        l.record_invalid("2001:db8::1".parse().unwrap());
-        assert!(l.check("2001:db8::ffff".parse().unwrap()).is_err());
-        assert!(l.check("2001:db8:0:1::1".parse().unwrap()).is_ok());
-        l.record_invalid("::ffff:192.0.2.9".parse().unwrap());
-        assert!(l.check("192.0.2.9".parse().unwrap()).is_err());
+        spend(&l, "2001:db8::1".parse().unwrap()).unwrap();
+        assert!(spend(&l, "2001:db8::ffff".parse().unwrap()).is_err());
+        assert!(spend(&l, "2001:db8:0:1::1".parse().unwrap()).is_ok());
+        spend(&l, "::ffff:192.0.2.9".parse().unwrap()).unwrap();
+        assert!(spend(&l, "192.0.2.9".parse().unwrap()).is_err());
     }
 
     #[test]
     fn debt_is_paid_back_over_time() {
         let l = limiter(1, 6000); // one token per 10 ms
         let ip: IpAddr = "192.0.2.3".parse().unwrap();
-        l.record_invalid(ip);
-        assert!(l.check(ip).is_err());
+        spend(&l, ip).unwrap();
+        assert!(spend(&l, ip).is_err());
         std::thread::sleep(Duration::from_millis(15));
-        assert_eq!(l.check(ip), Ok(()));
+        assert_eq!(spend(&l, ip), Ok(()));
     }
 
     #[test]
@@ -174,8 +219,7 @@ mod tests {
         });
         let ip: IpAddr = "192.0.2.4".parse().unwrap();
         for _ in 0..100 {
-            l.record_invalid(ip);
+            assert_eq!(spend(&l, ip), Ok(()));
         }
-        assert_eq!(l.check(ip), Ok(()));
     }
 }

@@ -20,6 +20,7 @@ mod legacy;
 mod limiter;
 pub mod mas;
 mod metrics;
+mod revocation;
 pub mod static_table;
 mod subject;
 
@@ -30,13 +31,13 @@ use crate::scopes::ScopeSet;
 
 pub use config::{
     AuthSettings, CacheConfig, ClientAuthMethod, IntrospectionConfig, JwsAlgorithm, JwtConfig,
-    LegacyConfig, RateLimitConfig, Secret,
+    LegacyConfig, RateLimitConfig, RevocationConfig, Secret,
 };
 pub use limiter::InvalidTokenLimiter;
 pub use static_table::{StaticTable, StaticToken, TokenDigest};
 pub use subject::{DeviceId, UserId};
 
-use cache::{CacheKey, Profile, TokenCache, Verdict};
+use cache::{CacheKey, Cached, Profile, TokenCache, Verdict};
 use config::{provider_url, ProviderUrl};
 use decide::{Enabled, Route};
 use discovery::Discovery;
@@ -46,6 +47,7 @@ use jwks::{JwksSource, KeyStore, KeyStoreConfig};
 use jwt::{JwtSettings, JwtValidator};
 use legacy::LegacyValidator;
 use metrics::AuthMetrics;
+use revocation::Revocations;
 
 /// What a validated token stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,11 @@ pub struct Identity {
     pub client_id: Option<String>,
     pub scopes: ScopeSet,
     pub expires_at: Option<SystemTime>,
+    /// The latest moment the token is known to have been good: a JWT's
+    /// `iat`, to the end of its second, or when a provider last vouched for
+    /// it. A user's revocation refuses tokens vouched for at or before it;
+    /// `None` counts as before.
+    pub vouched_at: Option<SystemTime>,
     /// Which validator vouched for the token, for logs and metrics.
     pub source: &'static str,
 }
@@ -79,6 +86,7 @@ pub struct Authenticator {
     introspection: Option<Validator<Introspector>>,
     legacy: Option<Validator<LegacyValidator>>,
     cache: TokenCache,
+    revocations: Arc<Revocations>,
     limiter: InvalidTokenLimiter,
     metrics: Arc<AuthMetrics>,
 }
@@ -157,6 +165,11 @@ impl Authenticator {
         metrics.register(registry, move || for_gauge.entry_count())?;
         let limiter = InvalidTokenLimiter::new(&cfg.rate_limit);
         limiter.register_metrics(registry)?;
+        let revocations = Arc::new(Revocations::new(&cache.revocations));
+        revocations.register_metrics(registry)?;
+        registry
+            .register(Box::new(revocation::HeldGauge(revocations.clone())))
+            .map_err(|e| format!("cannot register the revocation gauge: {e}"))?;
         if let Some(jwt) = &jwt {
             jwt.inner.warm_up();
         }
@@ -171,6 +184,7 @@ impl Authenticator {
             introspection,
             legacy,
             cache: token_cache,
+            revocations,
             limiter,
             metrics,
         })
@@ -189,8 +203,8 @@ impl Authenticator {
     }
 
     /// Validates a token a client presented. Cache hits cost the provider
-    /// nothing and pass; anything else first checks the client's budget of
-    /// invalid tokens, and an invalid token spends from it.
+    /// nothing and pass; anything else first takes one invalid token's worth
+    /// from the client's budget, given back if the token was not invalid.
     pub async fn authenticate_from(
         &self,
         token: &str,
@@ -210,41 +224,44 @@ impl Authenticator {
             self.metrics.validated("static", "valid");
             return (Ok(identity), true);
         }
-        let admit = || match client {
+        let reserve = || match client {
             Some(ip) => self
                 .limiter
-                .check(ip)
+                .reserve(ip)
                 .map_err(|retry_after| AuthError::RateLimited { retry_after }),
-            None => Ok(()),
-        };
-        let spend = |result: &Result<Arc<Identity>, AuthError>| {
-            if let (Some(ip), Err(AuthError::Invalid { .. })) = (client, result) {
-                self.limiter.record_invalid(ip);
-            }
+            None => Ok(limiter::Reservation::none()),
         };
         let (chosen, profile) = match self.route(token) {
             Ok(found) => found,
             Err(reason) => {
-                if let Err(limited) = admit() {
+                // The reservation is spent: the token is invalid.
+                if let Err(limited) = reserve() {
                     return (Err(limited), true);
                 }
                 tracing::debug!(reason, token = %short_hash(token), "token refused offline");
                 self.metrics.validated("precheck", "invalid");
-                let result = Err(AuthError::Invalid { soft_logout: false });
-                spend(&result);
-                return (result, true);
+                return (Err(AuthError::Invalid { soft_logout: false }), true);
             }
         };
         let key = CacheKey::of_digest(digest, profile);
-        if let Some(verdict) = self.cache.cached(&key).await {
+        if let Some(cached) = self.cache.cached(&key).await {
             self.metrics.cache_hits.inc();
-            return (verdict.into_result(), true);
+            return (self.unrevoked(cached, key).await.into_result(), true);
         }
-        if let Err(limited) = admit() {
-            return (Err(limited), true);
-        }
+        // Taken before validating, so requests in flight count against the
+        // budget: concurrency cannot push provider calls past the burst.
+        let reservation = match reserve() {
+            Ok(reservation) => reservation,
+            Err(limited) => return (Err(limited), true),
+        };
         self.metrics.cache_misses.inc();
         let validate = async {
+            // Read before the checks below: a revocation they miss changes it.
+            let generation = self.revocations.generation();
+            if self.revocations.token_revoked(&digest) {
+                self.metrics.validated("revocation", "invalid");
+                return Ok(Cached::Invalid { soft_logout: false });
+            }
             let verdict = match chosen {
                 Chosen::Jwt(v) => v.validate(token).await,
                 Chosen::Introspection(v) => v.validate(token).await,
@@ -258,41 +275,75 @@ impl Authenticator {
                 Err(AuthError::RateLimited { .. }) => "rate_limited",
             };
             self.metrics.validated(chosen.name(), result);
-            verdict
+            match verdict? {
+                Verdict::Valid(identity) if self.revocations.refuses(&digest, &identity) => {
+                    self.metrics.validated("revocation", "invalid");
+                    Ok(Cached::Invalid { soft_logout: false })
+                }
+                verdict => Ok(Cached::new(verdict, generation)),
+            }
         };
         // Boxed: validation (JWKS refetch, an HTTP exchange) is most of this
         // future's size, and every connection's request future would
         // otherwise reserve it, cache hit or not, for as long as the request
         // lasts (a long-poll: minutes). Misses are rare and cost far more
         // than an allocation.
-        let result = Box::pin(self.cache.validate_shared(key, validate))
-            .await
-            .and_then(Verdict::into_result);
-        spend(&result);
+        let result = match Box::pin(self.cache.validate_shared(key, validate)).await {
+            // A revocation may have landed while the verdict was cached.
+            Ok(cached) => self.unrevoked(cached, key).await.into_result(),
+            Err(e) => Err(e),
+        };
+        if !matches!(result, Err(AuthError::Invalid { .. })) {
+            reservation.refund();
+        }
         (result, false)
     }
 
-    /// The next request with `token` is validated afresh (after a logout).
-    pub async fn evict_token(&self, token: &str) {
+    /// A cached identity stands unless a revocation arrived since it was
+    /// last checked and covers it. The common case is one atomic load.
+    async fn unrevoked(&self, cached: Cached, key: CacheKey) -> Cached {
+        let Cached::Valid(vouched) = &cached else {
+            return cached;
+        };
+        let generation = self.revocations.generation();
+        if vouched.checked_at(generation) {
+            return cached;
+        }
+        if self.revocations.refuses(key.token(), &vouched.identity) {
+            self.cache.refuse(key).await;
+            return Cached::Invalid { soft_logout: false };
+        }
+        vouched.mark_checked(generation);
+        cached
+    }
+
+    /// After a logout the homeserver accepted, or an operator's eviction:
+    /// the token is refused from now on, until it expires, whatever a
+    /// provider says of it. `identity` tells when that is; without it the
+    /// token is looked up first.
+    pub async fn revoke_token(&self, token: &str, identity: Option<&Identity>) {
+        let looked_up = match identity {
+            Some(_) => None,
+            None => self.lookup(token).await.0.ok(),
+        };
+        let digest = TokenDigest::of(token);
+        self.revocations
+            .revoke_token(digest, identity.or(looked_up.as_deref()));
         if let Ok((_, profile)) = self.route(token) {
-            self.cache.evict(&CacheKey::new(token, profile)).await;
+            self.cache
+                .refuse(CacheKey::of_digest(digest, profile))
+                .await;
         }
     }
 
-    /// After a logout the homeserver accepted: the token is refused for
-    /// `negative_ttl_s` without asking anyone, even if the provider, lagging,
-    /// still calls it active; after that it is validated afresh.
-    pub async fn revoke_token(&self, token: &str) {
-        if let Ok((_, profile)) = self.route(token) {
-            self.cache.refuse(CacheKey::new(token, profile)).await;
-        }
+    /// After `logout/all`, or an operator's eviction of a user: every token
+    /// of `user_id` vouched for until now is refused (docs/auth.md).
+    pub fn revoke_user(&self, user_id: &str) {
+        self.revocations.revoke_user(user_id);
     }
 
-    /// Every cached token of `user_id` is validated afresh (after `logout/all`).
-    pub fn evict_user(&self, user_id: &str) {
-        self.cache.evict_user(user_id);
-    }
-
+    /// Forgets every cached verdict (not a revocation: tokens are validated
+    /// afresh).
     pub fn evict_all(&self) {
         self.cache.evict_all();
     }

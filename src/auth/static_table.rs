@@ -71,6 +71,7 @@ impl StaticTable {
                     client_id: None,
                     scopes: ScopeSet::new(&t.scopes),
                     expires_at: None,
+                    vouched_at: None,
                     source: "static",
                 };
                 (t.token_sha256, Arc::new(identity))

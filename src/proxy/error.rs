@@ -17,13 +17,24 @@ pub enum Refusal {
     AmbiguousFraming,
     HeadersTooLarge,
     MissingToken(&'static str),
-    UnknownToken { soft_logout: bool },
-    InsufficientScope { required: String },
+    /// A token spelled so that another parser could read it differently.
+    AmbiguousToken(&'static str),
+    /// A request the homeserver could read a credential from that the
+    /// gateway did not check, or that hides a field the gateway acted on.
+    HiddenCredential(&'static str),
+    UnknownToken {
+        soft_logout: bool,
+    },
+    InsufficientScope {
+        required: String,
+    },
     NoRoute,
     ProviderUnavailable,
     UpstreamUnreachable,
     UpstreamTimeout,
-    RateLimited { retry_after_s: u64 },
+    RateLimited {
+        retry_after_s: u64,
+    },
 }
 
 /// The `decision` label of the requests metric.
@@ -68,9 +79,11 @@ impl Decision {
 impl Refusal {
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::BadTarget(_) | Refusal::AmbiguousFraming | Refusal::HeadersTooLarge => {
-                Decision::BadRequest
-            }
+            Refusal::BadTarget(_)
+            | Refusal::AmbiguousFraming
+            | Refusal::HeadersTooLarge
+            | Refusal::AmbiguousToken(_)
+            | Refusal::HiddenCredential(_) => Decision::BadRequest,
             Refusal::MissingToken(_) => Decision::Unauthenticated,
             Refusal::UnknownToken { .. } => Decision::InvalidToken,
             Refusal::InsufficientScope { .. } | Refusal::NoRoute => Decision::Denied,
@@ -82,7 +95,10 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadTarget(_) | Refusal::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            Refusal::BadTarget(_)
+            | Refusal::AmbiguousFraming
+            | Refusal::AmbiguousToken(_)
+            | Refusal::HiddenCredential(_) => StatusCode::BAD_REQUEST,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::MissingToken(_) | Refusal::UnknownToken { .. } => StatusCode::UNAUTHORIZED,
             Refusal::InsufficientScope { .. } => StatusCode::FORBIDDEN,
@@ -106,7 +122,10 @@ impl Refusal {
                 "errcode": "M_UNRECOGNIZED",
                 "error": "Bad request: a request must not carry both Content-Length and Transfer-Encoding",
             }),
-            Refusal::MissingToken(msg) => json!({"errcode": "M_MISSING_TOKEN", "error": msg}),
+            Refusal::MissingToken(msg) | Refusal::AmbiguousToken(msg) => {
+                json!({"errcode": "M_MISSING_TOKEN", "error": msg})
+            }
+            Refusal::HiddenCredential(msg) => json!({"errcode": "M_UNRECOGNIZED", "error": msg}),
             Refusal::UnknownToken { soft_logout } => json!({
                 "errcode": "M_UNKNOWN_TOKEN",
                 "error": "Invalid access token passed.",

@@ -24,6 +24,38 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Fields the gateway reads before forwarding: a `Connection` header that
+/// names one would have the gateway act on a field the homeserver never
+/// sees (`Authorization`), or frame and route by one it drops.
+static GUARDED: [HeaderName; 10] = [
+    http::header::AUTHORIZATION,
+    HOST,
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// The first field the gateway acts on that `Connection` names, if any.
+pub fn connection_names_guarded(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|name| {
+            let name = name.trim();
+            GUARDED
+                .iter()
+                .find(|guarded| guarded.as_str().eq_ignore_ascii_case(name))
+                .map(HeaderName::as_str)
+        })
+}
+
 /// Removes hop-by-hop fields, including those the `Connection` field names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds which are present (usually none in a
@@ -177,6 +209,26 @@ mod tests {
         let mut h = plain.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, plain);
+    }
+
+    #[test]
+    fn connection_may_not_name_what_the_gateway_reads() {
+        for value in [
+            "Authorization",
+            "close, host",
+            " X-Forwarded-For ",
+            "content-length",
+        ] {
+            let h = map(&[("connection", value)]);
+            assert!(connection_names_guarded(&h).is_some(), "{value}");
+        }
+        let h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "authorization"),
+        ]);
+        assert_eq!(connection_names_guarded(&h), Some("authorization"));
+        let h = map(&[("connection", "keep-alive, upgrade, x-custom")]);
+        assert_eq!(connection_names_guarded(&h), None);
     }
 
     #[test]

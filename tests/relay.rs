@@ -237,3 +237,128 @@ fn check_warns_when_widening_is_on() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("widen_restricted_tokens is on"), "{stderr}");
 }
+
+/// A JWT cannot be revoked at its issuer: once the gateway has seen it
+/// logged out or evicted, it refuses it until its `exp`, past the negative
+/// and the positive cache lifetimes, and the relay calls it inactive.
+#[tokio::test]
+async fn revoked_jwts_stay_refused_until_they_expire() {
+    use scopegate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
+    let issuer = DemoIssuer::start().await.unwrap();
+    let relay = free_port();
+    let gate = GateBuilder::new()
+        .auth(&format!("issuer = \"{}\"", issuer.issuer()))
+        .rest(&format!(
+            "[auth.jwt]\nenabled = true\naudiences = [\"{DEMO_AUDIENCE}\"]\n\n\
+             [cache]\nmax_ttl_s = 1\nnegative_ttl_s = 0\n\n\
+             [relay]\nlisten = \"{relay}\"\nsecret = \"{SECRET}\"\n"
+        ))
+        .start(ok_stub().await)
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Issued a few seconds ago, as a session's token is; valid ten minutes.
+    let jwt = |user: &str, iat: u64| {
+        issuer.sign(
+            jsonwebtoken::Algorithm::RS256,
+            &serde_json::json!({
+                "iss": issuer.issuer(), "aud": DEMO_AUDIENCE, "sub": user,
+                "scope": "urn:matrix:client:api:*",
+                "iat": iat, "exp": now + 600, "jti": random(),
+            }),
+        )
+    };
+    let status = |token: String| {
+        let addr = gate.addr;
+        async move {
+            get(addr, "/_matrix/client/v3/account/whoami", Some(&token))
+                .await
+                .0
+                .status
+                .as_u16()
+        }
+    };
+    let post = |path: &'static str, token: &str| {
+        let req = Request::post(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(full("{}"))
+            .unwrap();
+        send(gate.addr, req)
+    };
+    let evict = |body: serde_json::Value| {
+        let req = Request::post("/cache/evict")
+            .body(full(body.to_string()))
+            .unwrap();
+        send(gate.admin, req)
+    };
+
+    let logged_out = jwt("alice", now - 5);
+    let evicted = jwt("alice", now - 5);
+    let bobs = jwt("bob", now - 5);
+    let (carol_phone, carol_laptop) = (jwt("carol", now - 5), jwt("carol", now - 5));
+    let alices_other = jwt("alice", now - 5);
+    for t in [
+        &logged_out,
+        &evicted,
+        &bobs,
+        &carol_phone,
+        &carol_laptop,
+        &alices_other,
+    ] {
+        assert_eq!(status(t.clone()).await, 200);
+    }
+
+    assert_eq!(
+        post("/_matrix/client/v3/logout", &logged_out)
+            .await
+            .0
+            .status,
+        200
+    );
+    assert_eq!(
+        evict(serde_json::json!({"token": evicted})).await.0.status,
+        200
+    );
+    assert_eq!(
+        evict(serde_json::json!({"user_id": "@bob:example.org"}))
+            .await
+            .0
+            .status,
+        200
+    );
+    assert_eq!(
+        post("/_matrix/client/v3/logout/all", &carol_phone)
+            .await
+            .0
+            .status,
+        200
+    );
+    // Issued after bob's eviction (iat within the issuer's leeway).
+    let bobs_new = jwt("bob", now + 2);
+
+    let revoked = [&logged_out, &evicted, &bobs, &carol_phone, &carol_laptop];
+    for round in ["at once", "after every cache lifetime"] {
+        for t in revoked {
+            assert_eq!(status(t.clone()).await, 401, "{round}");
+            let answer = ask(relay, Some(SECRET), t).await.1;
+            assert_eq!(answer, serde_json::json!({"active": false}), "{round}");
+        }
+        assert_eq!(
+            status(alices_other.clone()).await,
+            200,
+            "{round}: untouched"
+        );
+        assert_eq!(status(bobs_new.clone()).await, 200, "{round}: issued after");
+        assert_eq!(ask(relay, Some(SECRET), &bobs_new).await.1["active"], true);
+        // Past `max_ttl_s` and `negative_ttl_s`: nothing cached is left.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+}
+
+fn random() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("jti-{}", N.fetch_add(1, Ordering::Relaxed))
+}

@@ -228,3 +228,76 @@ async fn admin_eviction_revokes() {
     let (parts, _) = evict(r#"{"token":"a","all":true}"#.into()).await;
     assert_eq!(parts.status, 400);
 }
+
+/// 2,000 made-up MAS tokens from one address over 100 connections at once:
+/// validations in flight count against the budget, so the provider sees no
+/// more than the burst, and a cached token keeps working meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_flood_reaches_the_provider_at_most_the_burst() {
+    let good = mas_access_token();
+    let known = good.clone();
+    let provider = mas_stub(move |t| t == known).await;
+    // Each introspection takes a while, so many are in flight at once.
+    provider.set_delay(std::time::Duration::from_millis(20));
+    let gate = GateBuilder::new()
+        .rest(&introspection(&provider, ""))
+        .rest("[auth.rate_limit]\nburst = 20\nper_minute = 30")
+        .start(ok_stub().await)
+        .await;
+    assert_eq!(whoami(&gate, &good).await.0, 200);
+
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let addr = gate.addr;
+        flood.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut conn, driver) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(driver);
+            let mut statuses = Vec::new();
+            for _ in 0..20 {
+                let req = Request::get("/_matrix/client/v3/account/whoami")
+                    .header("host", "gate")
+                    .header("authorization", format!("Bearer {}", mas_access_token()))
+                    .body(full(""))
+                    .unwrap();
+                statuses.push(conn.send_request(req).await.unwrap().status().as_u16());
+            }
+            statuses
+        });
+    }
+    let legit = tokio::spawn({
+        let addr = gate.addr;
+        let good = good.clone();
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..50 {
+                let (parts, _) = get(addr, "/_matrix/client/v3/account/whoami", Some(&good)).await;
+                statuses.push(parts.status.as_u16());
+            }
+            statuses
+        }
+    });
+    let mut counts = std::collections::BTreeMap::new();
+    while let Some(statuses) = flood.join_next().await {
+        for s in statuses.unwrap() {
+            *counts.entry(s).or_insert(0) += 1;
+        }
+    }
+    let legit = legit.await.unwrap();
+    assert!(legit.iter().all(|s| *s == 200), "{legit:?}");
+    let calls = provider.calls() - 1;
+    // 30 a minute refill the budget: one more if the flood outlasts 2 s.
+    assert!(
+        calls <= 21,
+        "{calls} provider calls for the flood; {counts:?}"
+    );
+    assert_eq!(counts.get(&401).copied().unwrap_or(0), calls, "{counts:?}");
+    assert_eq!(
+        counts.get(&429).copied().unwrap_or(0),
+        2000 - calls,
+        "{counts:?}"
+    );
+}

@@ -114,8 +114,13 @@ pub fn config(
     upstream: SocketAddr,
     b: &GateBuilder,
 ) -> String {
-    let (server_extra, upstream_extra, log_extra, rest) =
-        (&b.server_extra, &b.upstream_extra, &b.log_extra, &b.rest);
+    let (server_extra, upstream_extra, log_extra, auth_extra, rest) = (
+        &b.server_extra,
+        &b.upstream_extra,
+        &b.log_extra,
+        &b.auth_extra,
+        &b.rest,
+    );
     format!(
         r#"[server]
 listen = "{listen}"
@@ -136,6 +141,7 @@ level = "debug"
 
 [auth]
 server_name = "example.org"
+{auth_extra}
 
 [[auth.static]]
 token_sha256 = "{full}"
@@ -167,6 +173,7 @@ pub struct GateBuilder {
     pub server_extra: String,
     pub upstream_extra: String,
     pub log_extra: String,
+    pub auth_extra: String,
     pub rest: String,
     pub files: Vec<(String, Vec<u8>)>,
 }
@@ -183,6 +190,12 @@ impl GateBuilder {
     pub fn rest(mut self, s: &str) -> Self {
         self.rest.push_str(s);
         self.rest.push('\n');
+        self
+    }
+    /// Keys of the `[auth]` table itself (`issuer = …`).
+    pub fn auth(mut self, s: &str) -> Self {
+        self.auth_extra.push_str(s);
+        self.auth_extra.push('\n');
         self
     }
     pub fn server(mut self, s: &str) -> Self {

@@ -574,6 +574,24 @@ mod tests {
     }
 
     #[test]
+    fn revocations_must_outlive_the_cache() {
+        let cache = CacheConfig {
+            max_ttl_s: 600,
+            revocations: RevocationConfig {
+                max_ttl_s: 60,
+                ..RevocationConfig::default()
+            },
+            ..CacheConfig::default()
+        };
+        let upstream = "http://127.0.0.1:9".parse().unwrap();
+        let registry = prometheus::Registry::new();
+        let err = Authenticator::from_config(&jwt_settings(), &cache, &upstream, &registry)
+            .err()
+            .unwrap();
+        assert!(err.contains("[cache.revocations] max_ttl_s"), "{err}");
+    }
+
+    #[test]
     fn a_failed_build_leaves_the_registry_free_for_the_next() {
         let registry = prometheus::Registry::new();
         let mut bad = jwt_settings();

@@ -306,6 +306,31 @@ async fn content_length_with_transfer_encoding_is_refused() {
     assert!(seen.lock().unwrap().is_empty(), "nothing was forwarded");
 }
 
+/// Heads hyper refuses before the gateway sees a request still answer with
+/// a Matrix error a client can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_the_parser_refuses_get_a_matrix_error() {
+    let (upstream, seen) = recording_stub().await;
+    let gate = Gate::start(upstream).await;
+    for head in [
+        "Content-Length: 1\r\nContent-Length: 2",
+        "Transfer-Encoding: gzip",
+        "Bad Name: x",
+    ] {
+        let request =
+            format!("POST /_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n");
+        let response = raw(gate.addr, request.as_bytes(), Duration::from_secs(5));
+        assert!(response.starts_with("HTTP/1.1 400"), "{head}: {response}");
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(
+            json(body.as_bytes())["errcode"],
+            "M_UNRECOGNIZED",
+            "{head}: {response}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_requests_still_pass() {
     let (upstream, seen) = recording_stub().await;

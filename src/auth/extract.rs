@@ -174,10 +174,14 @@ fn decode_value(value: &str) -> Result<Cow<'_, str>, ExtractError> {
 /// type counts, whatever its parameters or spelling.
 pub fn merges_body_fields(headers: &HeaderMap) -> bool {
     headers.get_all(CONTENT_TYPE).iter().any(|value| {
-        let value = value.as_bytes().to_ascii_lowercase();
+        let value = value.as_bytes();
         [&b"x-www-form-urlencoded"[..], b"multipart/form-data"]
             .iter()
-            .any(|form| memchr::memmem::find(&value, form).is_some())
+            .any(|form| {
+                value
+                    .windows(form.len())
+                    .any(|w| w.eq_ignore_ascii_case(form))
+            })
     })
 }
 

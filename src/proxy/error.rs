@@ -179,6 +179,60 @@ impl Refusal {
     }
 }
 
+/// hyper answers a request head it cannot parse by itself, before the
+/// gateway sees a request: a bare `400`, `414` or `431` with
+/// `content-length: 0`, then it closes the connection. Given the bytes hyper
+/// writes, this is the same refusal with a Matrix error body, or `None` for
+/// anything else. A response the gateway forwards always carries other
+/// fields (at least a `Content-Type` or the homeserver's own), so it is
+/// never taken for one.
+pub fn matrix_parser_refusal(written: &[u8]) -> Option<Vec<u8>> {
+    // Every write on the connection passes here: a prefix test settles
+    // bodies and most responses.
+    if !written.starts_with(b"HTTP/1.1 4") || written.len() > 256 {
+        return None;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 4];
+    let mut head = httparse::Response::new(&mut fields);
+    let Ok(httparse::Status::Complete(len)) = head.parse(written) else {
+        return None;
+    };
+    if len != written.len() || head.version != Some(1) {
+        return None;
+    }
+    let (errcode, error) = match head.code? {
+        400 => (
+            "M_UNRECOGNIZED",
+            "Bad request: the request head could not be parsed",
+        ),
+        414 => ("M_TOO_LARGE", "Request target too long"),
+        431 => ("M_TOO_LARGE", "Request header fields too large"),
+        _ => return None,
+    };
+    let mut bodiless = false;
+    for field in head.headers.iter() {
+        match field.name.to_ascii_lowercase().as_str() {
+            "content-length" => bodiless = field.value == b"0",
+            "date" | "connection" => {}
+            _ => return None,
+        }
+    }
+    if !bodiless {
+        return None;
+    }
+    let body = json!({"errcode": errcode, "error": error}).to_string();
+    let status = StatusCode::from_u16(head.code?).ok()?;
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         access-control-allow-origin: *\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    );
+    out.push_str(&body);
+    Some(out.into_bytes())
+}
+
 /// The CORS headers Synapse sends, plus `WWW-Authenticate` exposed so a web
 /// client can see which scope it lacks.
 pub fn cors(headers: &mut HeaderMap) {
@@ -201,6 +255,36 @@ pub fn cors(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hypers_own_refusals_get_a_matrix_body() {
+        let hyper = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\n";
+        let out = String::from_utf8(matrix_parser_refusal(hyper).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        let body = out.split("\r\n\r\n").nth(1).unwrap();
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(value["errcode"], "M_UNRECOGNIZED");
+        assert!(out.contains(&format!("content-length: {}\r\n", body.len())));
+
+        let too_large =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert!(String::from_utf8(matrix_parser_refusal(too_large).unwrap())
+            .unwrap()
+            .contains("M_TOO_LARGE"));
+    }
+
+    #[test]
+    fn forwarded_responses_are_left_alone() {
+        for written in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Req",
+        ] {
+            assert_eq!(matrix_parser_refusal(written), None, "{:?}", String::from_utf8_lossy(written));
+        }
+    }
 
     #[test]
     fn all_decisions_are_listed_in_declaration_order() {

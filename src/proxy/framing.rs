@@ -291,15 +291,23 @@ fn body_of(fields: &[httparse::Header<'_>]) -> Option<(Phase, bool)> {
     }
 }
 
-/// An HTTP/1 connection's I/O, passing what it reads to a [`Framing`].
+/// An HTTP/1 connection's I/O, passing what it reads to a [`Framing`], and
+/// giving hyper's own refusals of unparsable heads a Matrix JSON body.
 pub struct Recording<I> {
     inner: I,
     framing: Arc<Framing>,
+    /// A refusal being written in place of hyper's bodiless one: the bytes,
+    /// how many are out, and how long hyper's was.
+    replacing: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl<I> Recording<I> {
     pub fn new(inner: I, framing: Arc<Framing>) -> Self {
-        Recording { inner, framing }
+        Recording {
+            inner,
+            framing,
+            replacing: None,
+        }
     }
 }
 
@@ -321,12 +329,39 @@ impl<I: AsyncRead + Unpin> AsyncRead for Recording<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> Recording<I> {
+    /// Writes the replacement out; done, it stands for hyper's whole write.
+    fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        while let Some((bytes, written, stands_for)) = &mut self.replacing {
+            if *written == bytes.len() {
+                let stands_for = *stands_for;
+                self.replacing = None;
+                return Poll::Ready(Ok(stands_for));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Recording<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none() {
+            if let Some(refusal) = crate::proxy::error::matrix_parser_refusal(buf) {
+                self.replacing = Some((refusal, 0, buf.len()));
+            }
+        }
+        if self.replacing.is_some() {
+            return self.poll_replacing(cx);
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -335,6 +370,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Recording<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // hyper writes its refusal as one head and nothing else.
+        if self.replacing.is_some() || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -136,10 +136,8 @@ fn one_view(req: &mut Request<Incoming>) -> Result<(), Refusal> {
             "Connection must not name Authorization, Host, Content-Type, Content-Length, Transfer-Encoding or a forwarding header.",
         ));
     }
-    if extract::merges_body_fields(req.headers()) {
-        return Err(Refusal::HiddenCredential(
-            "Form-encoded bodies are not accepted: Matrix APIs take JSON, and the homeserver would read an access_token from the form.",
-        ));
+    if let Some(problem) = extract::body_refusal(req.headers()) {
+        return Err(Refusal::HiddenCredential(problem));
     }
     headers::strip_hop_by_hop(req.headers_mut());
     Ok(())

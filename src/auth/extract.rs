@@ -167,22 +167,50 @@ fn decode_value(value: &str) -> Result<Cow<'_, str>, ExtractError> {
         .map_err(|_| ExtractError::UnreadableQueryToken)
 }
 
-/// Whether Twisted would merge the request body's fields into the arguments
-/// it looks for `access_token` in: a form body (`twisted/web/http.py`,
-/// `Request.requestReceived`, for `POST`). Matrix APIs take JSON, so every
-/// method is checked, and any `Content-Type` value that names either form
-/// type counts, whatever its parameters or spelling.
-pub fn merges_body_fields(headers: &HeaderMap) -> bool {
-    headers.get_all(CONTENT_TYPE).iter().any(|value| {
-        let value = value.as_bytes();
-        [&b"x-www-form-urlencoded"[..], b"multipart/form-data"]
-            .iter()
-            .any(|form| {
-                value
-                    .windows(form.len())
-                    .any(|w| w.eq_ignore_ascii_case(form))
-            })
-    })
+/// Refuses a body the homeserver could read a credential from. Twisted
+/// merges the fields of a `POST` form body into the arguments it looks for
+/// `access_token` in (`twisted/web/http.py`, `Request.requestReceived`), and
+/// finds the media type with Python's e-mail header parser, which also
+/// decodes RFC 2047 encoded words and skips comments: a `Content-Type` of
+/// `=?utf-8?b?…?=` can name a form. So only one `Content-Type` is accepted,
+/// its media type must be a plain RFC 9110 `type/subtype`, and it must not
+/// name a form anywhere. Matrix APIs take JSON, so every method is checked.
+pub fn body_refusal(headers: &HeaderMap) -> Option<&'static str> {
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    let value = values.next()?.as_bytes();
+    if values.next().is_some() {
+        return Some("Only one Content-Type field is accepted.");
+    }
+    let forms = [&b"x-www-form-urlencoded"[..], b"multipart/form-data"];
+    if forms.iter().any(|form| {
+        value
+            .windows(form.len())
+            .any(|w| w.eq_ignore_ascii_case(form))
+    }) {
+        return Some(
+            "Form-encoded bodies are not accepted: Matrix APIs take JSON, and the homeserver would read an access_token from the form.",
+        );
+    }
+    let media_type = value
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let plain = match media_type.iter().position(|b| *b == b'/') {
+        None => media_type.is_empty(),
+        Some(slash) => {
+            let (kind, subtype) = (&media_type[..slash], &media_type[slash + 1..]);
+            is_token(kind) && is_token(subtype)
+        }
+    };
+    (!plain).then_some("Content-Type must be a plain media type (type/subtype, then parameters).")
+}
+
+/// RFC 9110 §5.6.2: `token = 1*tchar`.
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
 #[cfg(test)]
@@ -324,22 +352,38 @@ mod tests {
 
     #[test]
     fn form_bodies_are_found_in_any_spelling() {
-        let with = |ct: &str| {
+        let with = |values: &[&str]| {
             let mut h = HeaderMap::new();
-            h.append(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
-            merges_body_fields(&h)
+            for ct in values {
+                h.append(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            }
+            body_refusal(&h)
         };
         for ct in [
             "application/x-www-form-urlencoded",
             "Application/X-WWW-Form-Urlencoded; charset=utf-8",
             " application/x-www-form-urlencoded ;",
             "multipart/form-data; boundary=x",
+            "(comment)application/x-www-form-urlencoded",
+            // RFC 2047 encoded words, which Python's header parser decodes.
+            "=?us-ascii?q?application/x-www-form-urlencode=64?=",
+            "=?utf-8?b?YXBwbGljYXRpb24veC13d3ctZm9ybS11cmxlbmNvZGVk?=",
+            "application/=?utf-8?q?json?=",
+            "\"application/json\"",
+            "application",
         ] {
-            assert!(with(ct), "{ct}");
+            assert!(with(&[ct]).is_some(), "{ct}");
         }
-        for ct in ["application/json", "image/png", "text/plain; charset=utf-8"] {
-            assert!(!with(ct), "{ct}");
+        assert!(with(&["application/json", "application/json"]).is_some());
+        for ct in [
+            "application/json",
+            "image/png",
+            "image/svg+xml",
+            "text/plain; charset=\"utf-8\"",
+            "",
+        ] {
+            assert_eq!(with(&[ct]), None, "{ct}");
         }
-        assert!(!merges_body_fields(&HeaderMap::new()));
+        assert_eq!(body_refusal(&HeaderMap::new()), None);
     }
 }

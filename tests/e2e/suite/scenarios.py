@@ -524,6 +524,54 @@ _hostile("obfuscated Transfer-Encoding", lambda m, t, p: (
 _hostile("token in header and query", lambda m, t, p: (
     f"GET /_matrix/client/v3/rooms/!{m}:localhost/state?access_token={t} HTTP/1.1\r\n"
     f"Host: 127.0.0.1:{p}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").encode())
+
+
+@scenario("11 hostile input: smuggled tokens (form body, 'access%5Ftoken' query) are refused "
+          "before Synapse; the victim's token still works")
+def smuggled_tokens_refused():
+    # Twisted merges a POST form body into the arguments Synapse reads
+    # `access_token` from, and percent-decodes parameter names: both would hand
+    # Synapse a credential next to the one scopegate checked. Alice (attacker)
+    # sends her own valid token in the header and Bob's (victim) hidden.
+    s = S()
+    attacker, _ = fx.legacy_token("alice")
+    victim, _ = fx.legacy_token("bob")
+    base = s.url("sg-legacy")
+    form = marker("form")
+    r = requests.post(f"{base}/_matrix/client/v3/logout/all?e2e_marker={form}",
+                      headers={**bearer(attacker), "Content-Type": "application/x-www-form-urlencoded"},
+                      data=f"access_token={victim}", timeout=10)
+    expect_matrix_error(r, 400, "M_UNRECOGNIZED", "logout/all with a form-encoded access_token")
+    # Raw bytes: `requests` would rewrite '%5F' (an unreserved character) to '_'.
+    encoded = marker("q5f")
+    port = s.data["ports"]["sg-legacy"]
+    status, reply = raw_request(port, (
+        f"GET /_matrix/client/v3/account/whoami?access%5Ftoken={victim}&e2e_marker={encoded} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {attacker}\r\nConnection: close\r\n\r\n").encode())
+    check(status == 400 and first_response_body(reply).get("errcode") == "M_MISSING_TOKEN",
+          f"whoami with an 'access%5Ftoken' query parameter: expected 400 M_MISSING_TOKEN, "
+          f"got {status} {reply[:400]!r}")
+    # A control scopegate forwards, marked the same way: the log check can fail.
+    control = marker("ok")
+    r = requests.get(f"{base}/_matrix/client/v3/account/whoami?e2e_marker={control}",
+                     headers=bearer(attacker), timeout=10)
+    check(r.status_code == 200 and r.json().get("user_id") == fx.uid("alice"),
+          f"control whoami: {r.status_code} {r.text[:200]}")
+    poll(lambda: s.log_contains("hs-legacy", f"?e2e_marker={control} HTTP/1.1"), 10, 0.1,
+         "the control request in Synapse's access log")
+    log = s.log("hs-legacy").read_text(errors="replace")
+    arrived = [line.split(" INFO ", 1)[-1][-200:] for line in log.splitlines()
+               if form in line or encoded in line]
+    check(not arrived, f"a smuggling request reached Synapse: {arrived}")
+    # Nobody was logged out: both tokens still work, at Synapse and through scopegate.
+    for who, token in (("bob", victim), ("alice", attacker)):
+        for target in ("hs-legacy", "sg-legacy"):
+            r = requests.get(s.url(target) + "/_matrix/client/v3/account/whoami",
+                             headers=bearer(token), timeout=10)
+            check(r.status_code == 200 and r.json().get("user_id") == fx.uid(who),
+                  f"{who}'s token at {target} afterwards: {r.status_code} {r.text[:200]}")
+
+
 _hostile("oversized header (70 000 bytes)", lambda m, t, p: (
     f"GET /_matrix/client/v3/rooms/!{m}:localhost/state HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n"
     f"Authorization: Bearer {t}\r\nX-Pad: {'a' * 70000}\r\nConnection: close\r\n\r\n").encode(),

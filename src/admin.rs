@@ -24,7 +24,7 @@ pub struct Admin {
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-        crate::proxy::listener::serve_internal(listener, shutdown, move |req| {
+        crate::server::serve_internal(listener, shutdown, move |req| {
             let admin = self.clone();
             async move { admin.respond(req).await }
         })

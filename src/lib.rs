@@ -15,6 +15,7 @@ pub mod relay;
 pub mod reload;
 pub mod run;
 pub mod scopes;
+pub mod server;
 
 /// An error with its causes, `outer: inner: …`: hyper-util's own message is
 /// only "client error (Connect)", the cause is what an operator can act on.

@@ -137,7 +137,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn explain(config: &std::path::Path, args: &ExplainArgs) -> ExitCode {
     use scopegate::canonical::{canonicalize, DEFAULT_MAX_PATH};
-    use scopegate::scopes::{ScopeSet, Verdict};
+    use scopegate::scopes::{Ruling, ScopeSet};
 
     let rules_file = match &args.rules {
         Some(file) => Some(file.clone()),
@@ -188,8 +188,8 @@ fn explain(config: &std::path::Path, args: &ExplainArgs) -> ExitCode {
         print!("{explanation}");
     }
     match explanation.decision {
-        Verdict::Allow => ExitCode::SUCCESS,
-        Verdict::Deny => ExitCode::from(1),
+        Ruling::Allow => ExitCode::SUCCESS,
+        Ruling::Deny => ExitCode::from(1),
     }
 }
 

@@ -141,7 +141,7 @@ impl Relay {
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-        crate::proxy::listener::serve_internal(listener, shutdown, move |req| {
+        crate::server::serve_internal(listener, shutdown, move |req| {
             let relay = self.clone();
             async move { relay.respond(req).await }
         })

@@ -14,11 +14,11 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::gate::{Gateway, Settings};
 use crate::metrics::Metrics;
-use crate::proxy::listener::{self, Limits};
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{Upstream, UpstreamSettings};
 use crate::relay::Relay;
 use crate::reload;
 use crate::scopes::RuleSet;
+use crate::server::{self, Limits};
 
 /// Everything `run` needs, built and checked before any socket is opened, so
 /// `scopegate check` and start-up report the same errors.
@@ -41,8 +41,7 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         &config.upstream.url.0,
         &metrics.registry,
     )?;
-    let ca_file = config.upstream.ca_file.as_ref().map(|p| config.resolve(p));
-    let upstream = Upstream::new(&config.upstream, ca_file.as_deref())?;
+    let upstream = Upstream::new(&upstream_settings(&config))?;
     let settings = Settings {
         max_path_bytes: config.server.max_path_bytes,
         max_header_bytes: config.server.max_header_bytes,
@@ -50,7 +49,7 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         trusted_proxies: config.server.trusted_proxies.iter().map(|p| p.0).collect(),
     };
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(cert), Some(key)) => Some(listener::tls_acceptor(
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(
             &config.resolve(cert),
             &config.resolve(key),
         )?),
@@ -89,6 +88,20 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
     })
 }
 
+/// `[upstream]` as the upstream client takes it.
+fn upstream_settings(config: &Config) -> UpstreamSettings {
+    let u = &config.upstream;
+    UpstreamSettings {
+        url: u.url.0.clone(),
+        connect_timeout: u.connect_timeout(),
+        response_header_timeout: u.response_header_timeout(),
+        host: u.host.clone(),
+        pool_max_idle_per_host: u.pool_max_idle_per_host,
+        pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_s),
+        ca_file: u.ca_file.as_ref().map(|p| config.resolve(p)),
+    }
+}
+
 /// The configured rule file, or the shipped rules, with the check's
 /// warnings as `file:line: message` lines.
 pub fn load_rules(file: Option<&Path>) -> Result<(RuleSet, Vec<String>), String> {
@@ -124,15 +137,15 @@ pub async fn serve(
     for warning in &warnings {
         tracing::warn!("rules: {warning}");
     }
-    let public = listener::bind(config.server.listen, "server.listen")
+    let public = server::bind(config.server.listen, "server.listen")
         .await
         .map_err(|e| e.to_string())?;
-    let admin_listener = listener::bind(config.admin.listen, "admin.listen")
+    let admin_listener = server::bind(config.admin.listen, "admin.listen")
         .await
         .map_err(|e| e.to_string())?;
     let relay_listener = match &config.relay {
         Some(relay) => Some(
-            listener::bind(relay.listen, "relay.listen")
+            server::bind(relay.listen, "relay.listen")
                 .await
                 .map_err(|e| e.to_string())?,
         ),
@@ -179,7 +192,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    let drained = listener::serve(
+    let drained = server::serve(
         public,
         tls,
         Limits::from_config(&config.server),

@@ -35,7 +35,7 @@ struct WhoAmI {
 
 /// Spec: the 401 body may say `soft_logout`.
 #[derive(Deserialize)]
-struct Refusal {
+struct UnknownTokenBody {
     #[serde(default)]
     soft_logout: bool,
 }
@@ -92,8 +92,8 @@ impl LegacyValidator {
                 }
             },
             StatusCode::UNAUTHORIZED => {
-                let soft_logout =
-                    serde_json::from_slice::<Refusal>(&fetched.body).is_ok_and(|r| r.soft_logout);
+                let soft_logout = serde_json::from_slice::<UnknownTokenBody>(&fetched.body)
+                    .is_ok_and(|r| r.soft_logout);
                 Ok(Verdict::Invalid { soft_logout })
             }
             other => {

@@ -1,9 +1,7 @@
-//! The HTTP plumbing around the pipeline: listener, upstream client, header
-//! hygiene, response bodies and Matrix error responses.
+//! The upstream side of the pipeline: the client and its pool, header
+//! hygiene and bodies. It knows nothing of the pipeline above it (`gate`)
+//! nor of the config file: it takes plain settings.
 
 pub mod body;
-pub mod error;
-pub mod framing;
 pub mod headers;
-pub mod listener;
 pub mod upstream;

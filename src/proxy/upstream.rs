@@ -38,7 +38,20 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::config::UpstreamConfig;
+/// What the upstream client needs; `run` takes it from `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// `http(s)://host[:port]`, the homeserver.
+    pub url: Uri,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    /// Replaces the client's `Host` header when set.
+    pub host: Option<String>,
+    pub pool_max_idle_per_host: usize,
+    pub pool_idle_timeout: Duration,
+    /// Extra PEM CA certificates trusted besides the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
 
 /// What the client sends upstream: a client's streamed body, or nothing
 /// (readiness probes).
@@ -70,13 +83,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, ca_file: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn new(cfg: &UpstreamSettings) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for cert in native.certs {
             let _ = roots.add(cert);
         }
-        if let Some(path) = ca_file {
+        if let Some(path) = &cfg.ca_file {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
             for cert in certs {
@@ -96,14 +109,14 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout()));
+        http.set_connect_timeout(Some(cfg.connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
 
-        let url = &cfg.url.0;
+        let url = &cfg.url;
         let scheme = url.scheme().cloned().expect("validated at load");
         let authority = url.authority().cloned().expect("validated at load");
         let origin = Uri::builder()
@@ -127,14 +140,11 @@ impl Upstream {
         Ok(Upstream {
             connector,
             h1: http1::Builder::new(),
-            pool: Arc::new(Pool::new(
-                cfg.pool_max_idle_per_host,
-                Duration::from_secs(cfg.pool_idle_timeout_s),
-            )),
+            pool: Arc::new(Pool::new(cfg.pool_max_idle_per_host, cfg.pool_idle_timeout)),
             origin,
             default_host,
             host_override,
-            response_header_timeout: cfg.response_header_timeout(),
+            response_header_timeout: cfg.response_header_timeout,
             last_seen_ms: AtomicU64::new(0),
         })
     }
@@ -588,10 +598,17 @@ mod tests {
         }
     }
 
-    fn upstream(addr: std::net::SocketAddr, extra: &str) -> Upstream {
-        let cfg: UpstreamConfig =
-            toml::from_str(&format!("url = \"http://{addr}\"\n{extra}")).unwrap();
-        Upstream::new(&cfg, None).unwrap()
+    fn upstream(addr: std::net::SocketAddr, pool_idle_timeout: Duration) -> Upstream {
+        Upstream::new(&UpstreamSettings {
+            url: format!("http://{addr}").parse().unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            response_header_timeout: Duration::from_secs(30),
+            host: None,
+            pool_max_idle_per_host: 512,
+            pool_idle_timeout,
+            ca_file: None,
+        })
+        .unwrap()
     }
 
     async fn get(up: &Upstream) -> Result<Response<ResponseBody>, UpstreamError> {
@@ -620,7 +637,7 @@ mod tests {
     async fn a_connection_serves_request_after_request() {
         for answer in [Answer::Length, Answer::Chunked] {
             let stub = stub(answer).await;
-            let up = upstream(stub.addr, "");
+            let up = upstream(stub.addr, Duration::from_secs(90));
             for _ in 0..5 {
                 assert_eq!(get_body(&up).await, "ok");
             }
@@ -631,7 +648,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_each_get_a_connection_and_all_are_pooled() {
         let stub = stub(Answer::Length).await;
-        let up = Arc::new(upstream(stub.addr, ""));
+        let up = Arc::new(upstream(stub.addr, Duration::from_secs(90)));
         let bodies = (0..8).map(|_| {
             let up = up.clone();
             tokio::spawn(async move { get_body(&up).await })
@@ -650,7 +667,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_homeserver_closed_is_replaced() {
         let stub = stub(Answer::LengthThenClose).await;
-        let up = upstream(stub.addr, "");
+        let up = upstream(stub.addr, Duration::from_secs(90));
         for _ in 0..3 {
             assert_eq!(get_body(&up).await, "ok");
         }
@@ -660,7 +677,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_half_read_closes_its_connection() {
         let stub = stub(Answer::Stall).await;
-        let up = upstream(stub.addr, "");
+        let up = upstream(stub.addr, Duration::from_secs(90));
         let response = get(&up).await.expect("headers");
         drop(response);
         eventually("the connection is closed", || {
@@ -675,7 +692,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let stub = stub(Answer::Length).await;
-        let up = upstream(stub.addr, "pool_idle_timeout_s = 1");
+        let up = upstream(stub.addr, Duration::from_secs(1));
         assert_eq!(get_body(&up).await, "ok");
         eventually("the idle connection is closed", || {
             stub.closed.load(Ordering::SeqCst) == 1
@@ -703,7 +720,7 @@ mod tests {
                 .unwrap();
             String::from_utf8(head).unwrap()
         });
-        let up = upstream(addr, "");
+        let up = upstream(addr, Duration::from_secs(90));
         let response = get(&up).await.expect("an answer");
         assert_eq!(response.status(), 204);
         let head = seen.await.unwrap();
@@ -723,7 +740,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let up = upstream(addr, "");
+        let up = upstream(addr, Duration::from_secs(90));
         assert_eq!(get(&up).await.err(), Some(UpstreamError::Unreachable));
         assert!(!up.seen_within(Duration::from_secs(60)));
     }

@@ -24,7 +24,7 @@ pub struct Explanation {
     /// The token's scopes, normalised; empty means "no token".
     pub scopes: Vec<String>,
     pub alternatives: Vec<AlternativeReport>,
-    pub decision: Verdict,
+    pub decision: Ruling,
     pub reason: String,
 }
 
@@ -60,7 +60,7 @@ pub struct ScopeReport {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub enum Ruling {
     Allow,
     Deny,
 }
@@ -98,28 +98,28 @@ pub(crate) fn explain(
     let access = route.access();
     let (decision, reason) = match access {
         Access::Unmatched => (
-            Verdict::Deny,
+            Ruling::Deny,
             "no rule matches this route: default deny".into(),
         ),
-        Access::Public => (Verdict::Allow, "public route: no token needed".into()),
+        Access::Public => (Ruling::Allow, "public route: no token needed".into()),
         Access::Federation => (
-            Verdict::Allow,
+            Ruling::Allow,
             "federation route: passed through, authenticated by X-Matrix signatures".into(),
         ),
         Access::Optional if no_token => (
-            Verdict::Allow,
+            Ruling::Allow,
             "optional route without a token (a token, if sent, must satisfy an alternative)".into(),
         ),
-        Access::Protected if no_token => (Verdict::Deny, "a token is required".into()),
+        Access::Protected if no_token => (Ruling::Deny, "a token is required".into()),
         Access::Optional | Access::Protected => {
             if decide(rule, captures, scopes).is_allow() {
                 let n = alternatives
                     .iter()
                     .position(|a| a.satisfied)
                     .map_or(0, |i| i + 1);
-                (Verdict::Allow, format!("alternative {n} is satisfied"))
+                (Ruling::Allow, format!("alternative {n} is satisfied"))
             } else {
-                (Verdict::Deny, "no alternative is satisfied".into())
+                (Ruling::Deny, "no alternative is satisfied".into())
             }
         }
     };
@@ -187,8 +187,8 @@ impl fmt::Display for Explanation {
             }
         }
         let verdict = match self.decision {
-            Verdict::Allow => "allow",
-            Verdict::Deny => "deny",
+            Ruling::Allow => "allow",
+            Ruling::Deny => "deny",
         };
         writeln!(f, "decision  {verdict}: {}", self.reason)
     }

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 pub use authorize::{Decision, Denial, DenyReason};
 pub use diag::{Diagnostic, RuleErrors, Severity};
-pub use explain::{AlternativeReport, CaptureReport, Explanation, RuleRef, ScopeReport, Verdict};
+pub use explain::{AlternativeReport, CaptureReport, Explanation, RuleRef, Ruling, ScopeReport};
 pub use matcher::{RouteMatch, MAX_CAPTURES};
 pub use scope::{ScopeSet, FULL_ACCESS};
 

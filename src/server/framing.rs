@@ -38,7 +38,7 @@ const MAX_HEADERS: usize = 128;
 
 /// What the tracker says of a dispatched request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Framed {
     /// One framing, or none.
     Single,
     /// Both `Content-Length` and `Transfer-Encoding`.
@@ -82,15 +82,25 @@ enum Phase {
 }
 
 impl Framing {
+    /// An HTTP/1 request that set both `Transfer-Encoding` and
+    /// `Content-Length`, or a chunked one whose head could not be checked.
+    /// Called once for every HTTP/1 request, in order: it takes the
+    /// tracker's verdict on the request.
+    pub fn framed_twice<B>(&self, req: &http::Request<B>) -> bool {
+        let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+        let verdict = self.dispatched(req.method().as_str(), target);
+        req.headers().contains_key(http::header::TRANSFER_ENCODING) && verdict != Framed::Single
+    }
+
     /// The verdict on the next dispatched request, `method target`.
-    pub fn dispatched(&self, method: &str, target: &str) -> Verdict {
+    pub fn dispatched(&self, method: &str, target: &str) -> Framed {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match state.heads.pop_front() {
             Some((key, twice)) if key == self.keys.hash_one((method, target)) => {
                 if twice {
-                    Verdict::Twice
+                    Framed::Twice
                 } else {
-                    Verdict::Single
+                    Framed::Single
                 }
             }
             _ => {
@@ -99,7 +109,7 @@ impl Framing {
                 state.phase = Phase::Lost;
                 state.heads.clear();
                 state.pending = Vec::new();
-                Verdict::Unknown
+                Framed::Unknown
             }
         }
     }
@@ -355,7 +365,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Recording<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.replacing.is_none() {
-            if let Some(refusal) = crate::proxy::error::matrix_parser_refusal(buf) {
+            if let Some(refusal) = crate::gate::matrix_parser_refusal(buf) {
                 self.replacing = Some((refusal, 0, buf.len()));
             }
         }

@@ -1,3 +1,7 @@
+//! Accepting connections: the public listener, TLS, and the internal
+//! listeners of admin and relay. This layer sits above the pipeline
+//! (`gate`): it hands each request to [`Gateway::handle`].
+//!
 //! The public listener: TCP accept with a connection cap, optional TLS with
 //! ALPN, HTTP/1.1 and HTTP/2 on one port, and the per-connection limits that
 //! keep one slow or idle client from holding resources.
@@ -16,25 +20,29 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::body::ConnActivity;
-use super::framing::{Framing, Recording};
+mod framing;
+mod internal;
+mod tls;
+
+pub use internal::{bind, serve_internal};
+pub use tls::tls_acceptor;
+
 use crate::config::ServerConfig;
-use crate::gate::{ConnInfo, Gateway};
+use crate::gate::{ConnInfo, FramedTwice, Gateway};
+use crate::proxy::body::ConnActivity;
+use framing::{Framing, Recording};
 
 /// Connection limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -56,30 +64,6 @@ impl Limits {
             max_connections: cfg.max_connections,
         }
     }
-}
-
-/// A TLS acceptor offering h2 and http/1.1 by ALPN.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("server.tls_cert {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "server.tls_cert {}: no certificate found",
-            cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("server.tls_key {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("server.tls_cert/tls_key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Accepts until `shutdown` turns true, then lets open connections finish
@@ -313,13 +297,13 @@ async fn run_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let framing = Arc::new(Framing::default());
-    let info = Arc::new(ConnInfo::new(
-        peer,
-        proto,
-        activity.clone(),
-        framing.clone(),
-    ));
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let info = Arc::new(ConnInfo::new(peer, proto, activity.clone()));
+    let tracker = framing.clone();
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // Every HTTP/1 request takes the tracker's verdict, in order.
+        if req.version() <= http::Version::HTTP_11 && tracker.framed_twice(&req) {
+            req.extensions_mut().insert(FramedTwice);
+        }
         let gateway = gateway.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(gateway.handle(req, &info).await) }
@@ -382,53 +366,6 @@ fn idle_deadline(activity: &ConnActivity, limits: &Limits) -> Instant {
         limits.header_read_timeout
     };
     Instant::from_std(activity.idle_since()) + limit
-}
-
-/// Binds, with a message that names the address on failure.
-pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
-}
-
-/// Serves an internal listener (admin, relay) until `shutdown`: HTTP/1.1 or
-/// h2, with a header timeout, one task per connection.
-pub async fn serve_internal<F, Fut>(
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    respond: F,
-) where
-    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
-        + Send
-        + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let builder = builder.clone();
-        let respond = respond.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let fut = respond(req);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 #[cfg(test)]

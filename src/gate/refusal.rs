@@ -7,8 +7,8 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 
-use super::body::GateBody;
 use crate::canonical::TargetError;
+use crate::proxy::body::GateBody;
 
 /// Every way the gateway answers a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub enum Refusal {
 
 /// The `decision` label of the requests metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum Disposition {
     Allowed,
     Denied,
     Unauthenticated,
@@ -50,46 +50,46 @@ pub enum Decision {
     RateLimited,
 }
 
-impl Decision {
-    pub const ALL: [Decision; 8] = [
-        Decision::Allowed,
-        Decision::Denied,
-        Decision::Unauthenticated,
-        Decision::InvalidToken,
-        Decision::BadRequest,
-        Decision::ProviderError,
-        Decision::UpstreamError,
-        Decision::RateLimited,
+impl Disposition {
+    pub const ALL: [Disposition; 8] = [
+        Disposition::Allowed,
+        Disposition::Denied,
+        Disposition::Unauthenticated,
+        Disposition::InvalidToken,
+        Disposition::BadRequest,
+        Disposition::ProviderError,
+        Disposition::UpstreamError,
+        Disposition::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Allowed => "allowed",
-            Decision::Denied => "denied",
-            Decision::Unauthenticated => "unauthenticated",
-            Decision::InvalidToken => "invalid_token",
-            Decision::BadRequest => "bad_request",
-            Decision::ProviderError => "provider_error",
-            Decision::UpstreamError => "upstream_error",
-            Decision::RateLimited => "rate_limited",
+            Disposition::Allowed => "allowed",
+            Disposition::Denied => "denied",
+            Disposition::Unauthenticated => "unauthenticated",
+            Disposition::InvalidToken => "invalid_token",
+            Disposition::BadRequest => "bad_request",
+            Disposition::ProviderError => "provider_error",
+            Disposition::UpstreamError => "upstream_error",
+            Disposition::RateLimited => "rate_limited",
         }
     }
 }
 
 impl Refusal {
-    pub fn decision(&self) -> Decision {
+    pub fn decision(&self) -> Disposition {
         match self {
             Refusal::BadTarget(_)
             | Refusal::AmbiguousFraming
             | Refusal::HeadersTooLarge
             | Refusal::AmbiguousToken(_)
-            | Refusal::HiddenCredential(_) => Decision::BadRequest,
-            Refusal::MissingToken(_) => Decision::Unauthenticated,
-            Refusal::UnknownToken { .. } => Decision::InvalidToken,
-            Refusal::InsufficientScope { .. } | Refusal::NoRoute => Decision::Denied,
-            Refusal::ProviderUnavailable => Decision::ProviderError,
-            Refusal::UpstreamUnreachable | Refusal::UpstreamTimeout => Decision::UpstreamError,
-            Refusal::RateLimited { .. } => Decision::RateLimited,
+            | Refusal::HiddenCredential(_) => Disposition::BadRequest,
+            Refusal::MissingToken(_) => Disposition::Unauthenticated,
+            Refusal::UnknownToken { .. } => Disposition::InvalidToken,
+            Refusal::InsufficientScope { .. } | Refusal::NoRoute => Disposition::Denied,
+            Refusal::ProviderUnavailable => Disposition::ProviderError,
+            Refusal::UpstreamUnreachable | Refusal::UpstreamTimeout => Disposition::UpstreamError,
+            Refusal::RateLimited { .. } => Disposition::RateLimited,
         }
     }
 
@@ -289,19 +289,19 @@ mod tests {
     #[test]
     fn all_decisions_are_listed_in_declaration_order() {
         // Stops compiling when a variant is added: add it to `ALL` too.
-        fn listed(decision: Decision) -> bool {
+        fn listed(decision: Disposition) -> bool {
             match decision {
-                Decision::Allowed
-                | Decision::Denied
-                | Decision::Unauthenticated
-                | Decision::InvalidToken
-                | Decision::BadRequest
-                | Decision::ProviderError
-                | Decision::UpstreamError
-                | Decision::RateLimited => Decision::ALL.contains(&decision),
+                Disposition::Allowed
+                | Disposition::Denied
+                | Disposition::Unauthenticated
+                | Disposition::InvalidToken
+                | Disposition::BadRequest
+                | Disposition::ProviderError
+                | Disposition::UpstreamError
+                | Disposition::RateLimited => Disposition::ALL.contains(&decision),
             }
         }
-        for (i, decision) in Decision::ALL.into_iter().enumerate() {
+        for (i, decision) in Disposition::ALL.into_iter().enumerate() {
             assert_eq!(decision as usize, i, "{decision:?}");
             assert!(listed(decision));
         }

@@ -27,9 +27,11 @@ use crate::auth::extract::{self, Credential};
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::canonical::canonicalize;
 use crate::metrics::Metrics;
+mod refusal;
+
+pub use refusal::{cors, matrix_parser_refusal, Disposition, Refusal};
+
 use crate::proxy::body::{ConnActivity, GateBody, InFlight};
-use crate::proxy::error::{Decision, Refusal};
-use crate::proxy::framing::{Framing, Verdict};
 use crate::proxy::headers::{self, ClientView};
 use crate::proxy::upstream::{Upstream, UpstreamError};
 use crate::scopes::{self, Access, RuleSet};
@@ -41,17 +43,16 @@ pub struct ConnInfo {
     pub peer_value: HeaderValue,
     pub proto: &'static str,
     pub activity: Arc<ConnActivity>,
-    /// The connection's request framing, for [`framed_twice`].
-    pub framing: Arc<Framing>,
 }
 
+/// Set by the server on an HTTP/1 request whose head carried both
+/// `Transfer-Encoding` and `Content-Length` (see `server::framing`): phase 1
+/// refuses it.
+#[derive(Debug, Clone, Copy)]
+pub struct FramedTwice;
+
 impl ConnInfo {
-    pub fn new(
-        peer: SocketAddr,
-        proto: &'static str,
-        activity: Arc<ConnActivity>,
-        framing: Arc<Framing>,
-    ) -> Self {
+    pub fn new(peer: SocketAddr, proto: &'static str, activity: Arc<ConnActivity>) -> Self {
         let peer_value =
             HeaderValue::try_from(peer.ip().to_string()).expect("an IP is a valid value");
         ConnInfo {
@@ -59,7 +60,6 @@ impl ConnInfo {
             peer_value,
             proto,
             activity,
-            framing,
         }
     }
 }
@@ -95,7 +95,7 @@ impl Serving {
         self.forwarded[rule].get_or_init(|| RouteMetrics {
             allowed: metrics
                 .requests
-                .with_label_values(&[Decision::Allowed.as_str(), route]),
+                .with_label_values(&[Disposition::Allowed.as_str(), route]),
             upstream_latency: metrics.upstream_latency.with_label_values(&[route]),
         })
     }
@@ -109,20 +109,7 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// `gateway_latency` for each decision, looked up once rather than by
     /// label on every request.
-    latency_by_decision: [Histogram; Decision::ALL.len()],
-}
-
-/// An HTTP/1 request that set both `Transfer-Encoding` and `Content-Length`
-/// (see `proxy::framing`), or a chunked one whose head could not be checked.
-/// Called once for every HTTP/1 request, in order: it takes the tracker's
-/// verdict on the request.
-fn framed_twice(req: &Request<Incoming>, conn: &ConnInfo) -> bool {
-    if req.version() > http::Version::HTTP_11 {
-        return false;
-    }
-    let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-    let verdict = conn.framing.dispatched(req.method().as_str(), target);
-    req.headers().contains_key(http::header::TRANSFER_ENCODING) && verdict != Verdict::Single
+    latency_by_decision: [Histogram; Disposition::ALL.len()],
 }
 
 /// Makes the request the gateway judges the request the homeserver gets:
@@ -177,7 +164,7 @@ impl Logout {
 /// What the pipeline decided, for the record phase.
 struct Outcome<'r> {
     response: Response<GateBody>,
-    decision: Decision,
+    decision: Disposition,
     route: &'r str,
     /// The matched rule's index, for a forwarded request.
     forwarded_by: Option<usize>,
@@ -206,7 +193,7 @@ impl Gateway {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let latency_by_decision = Decision::ALL.map(|decision| {
+        let latency_by_decision = Disposition::ALL.map(|decision| {
             metrics
                 .gateway_latency
                 .with_label_values(&[decision.as_str()])
@@ -263,7 +250,7 @@ impl Gateway {
         rules: &'r RuleSet,
     ) -> Outcome<'r> {
         // 1. canonicalize
-        let framed_twice = framed_twice(&req, conn);
+        let framed_twice = req.extensions().get::<FramedTwice>().is_some();
         if headers::header_bytes(req.headers()) > self.settings.max_header_bytes {
             return Outcome::refused(Refusal::HeadersTooLarge, "-", None);
         }
@@ -343,7 +330,7 @@ impl Gateway {
                 }
                 Outcome {
                     response,
-                    decision: Decision::Allowed,
+                    decision: Disposition::Allowed,
                     route: label,
                     forwarded_by: rule,
                     user,

@@ -9,11 +9,11 @@ const STREAM: &[&[u8]] = &[
     b"POST /d HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 ];
 
-const EXPECTED: &[(&str, &str, Verdict)] = &[
-    ("GET", "/a", Verdict::Single),
-    ("POST", "/b", Verdict::Single),
-    ("PUT", "/c", Verdict::Single),
-    ("POST", "/d", Verdict::Twice),
+const EXPECTED: &[(&str, &str, Framed)] = &[
+    ("GET", "/a", Framed::Single),
+    ("POST", "/b", Framed::Single),
+    ("PUT", "/c", Framed::Single),
+    ("POST", "/d", Framed::Twice),
 ];
 
 fn fed_in_pieces(size: usize) -> Framing {
@@ -41,19 +41,19 @@ fn verdicts_come_in_order_however_the_input_is_split() {
             assert_eq!(state.phase, Phase::Head, "{size}");
             assert_eq!(state.pending.capacity(), 0, "nothing held between requests");
         }
-        assert_eq!(framing.dispatched("GET", "/a"), Verdict::Unknown, "{size}");
+        assert_eq!(framing.dispatched("GET", "/a"), Framed::Unknown, "{size}");
     }
 }
 
 #[test]
 fn a_head_that_is_not_the_next_one_is_unknown() {
     let framing = fed_in_pieces(7);
-    assert_eq!(framing.dispatched("GET", "/other"), Verdict::Unknown);
+    assert_eq!(framing.dispatched("GET", "/other"), Framed::Unknown);
     // The tracker and hyper disagree: nothing it says is trusted after,
     // not even a head that would have matched.
-    assert_eq!(framing.dispatched("POST", "/b"), Verdict::Unknown);
+    assert_eq!(framing.dispatched("POST", "/b"), Framed::Unknown);
     framing.record(b"GET /later HTTP/1.1\r\n\r\n");
-    assert_eq!(framing.dispatched("GET", "/later"), Verdict::Unknown);
+    assert_eq!(framing.dispatched("GET", "/later"), Framed::Unknown);
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn a_look_alike_line_in_a_header_value_is_not_a_head() {
     framing.record(
         b"POST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX: POST /b HTTP/1.1\r\n\r\n0\r\n\r\n",
     );
-    assert_eq!(framing.dispatched("POST", "/b"), Verdict::Twice);
+    assert_eq!(framing.dispatched("POST", "/b"), Framed::Twice);
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn a_stream_that_no_longer_parses_gives_no_verdicts() {
         framing.record(stream);
         let _ = framing.dispatched("GET", "/a");
         let _ = framing.dispatched("PUT", "/a");
-        assert_eq!(framing.dispatched("GET", "/b"), Verdict::Unknown);
+        assert_eq!(framing.dispatched("GET", "/b"), Framed::Unknown);
         assert_eq!(framing.state.lock().unwrap().phase, Phase::Lost);
     }
 }
@@ -91,8 +91,8 @@ fn a_large_body_is_skipped_without_being_held() {
         framing.record(&[b'x'; 10_000]);
     }
     framing.record(b"GET /next HTTP/1.1\r\n\r\n");
-    assert_eq!(framing.dispatched("PUT", "/up"), Verdict::Single);
-    assert_eq!(framing.dispatched("GET", "/next"), Verdict::Single);
+    assert_eq!(framing.dispatched("PUT", "/up"), Framed::Single);
+    assert_eq!(framing.dispatched("GET", "/next"), Framed::Single);
     assert_eq!(framing.state.lock().unwrap().pending.capacity(), 0);
 }
 

@@ -331,6 +331,31 @@ async fn heads_the_parser_refuses_get_a_matrix_error() {
     assert!(seen.lock().unwrap().is_empty());
 }
 
+/// A body that looks like hyper's own refusal is a body: only a head hyper
+/// refused on that connection lets the gateway rewrite one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shaped_like_a_refusal_passes_unchanged() {
+    const LOOKALIKE: &str = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    let upstream = stub(|_req| async {
+        http::Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(full(LOOKALIKE))
+            .unwrap()
+    })
+    .await;
+    let gate = Gate::start(upstream).await;
+    let request = format!(
+        "GET /_matrix/client/v1/media/download/example.org/abc HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {FULL_TOKEN}\r\n\r\n\
+         GET /_matrix/client/v1/media/download/example.org/abc HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {FULL_TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let response = raw(gate.addr, request.as_bytes(), Duration::from_secs(5));
+    assert_eq!(response.matches("HTTP/1.1 200 OK").count(), 2, "{response}");
+    assert_eq!(response.matches(LOOKALIKE).count(), 2, "{response}");
+    assert!(!response.contains("M_UNRECOGNIZED"), "{response}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_requests_still_pass() {
     let (upstream, seen) = recording_stub().await;

@@ -23,6 +23,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -54,6 +55,11 @@ pub struct Framing {
     /// Keys requests by method and target, to check the tracker and hyper
     /// saw the same sequence of heads.
     keys: RandomState,
+    /// A head came that hyper refuses (unparsable, or past `max_head`):
+    /// the one time [`Recording`] may replace hyper's bare refusal.
+    head_refused: AtomicBool,
+    /// hyper's limit on a head (`max_buf_size`); 0: [`MAX_LINE_BYTES`].
+    max_head: usize,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +69,8 @@ struct Tracker {
     pending: Vec<u8>,
     /// Heads parsed and not yet dispatched, oldest first.
     heads: VecDeque<(u64, bool)>,
+    /// The stream was lost on a head hyper refuses too (not on HTTP/2).
+    refused: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +90,14 @@ enum Phase {
 }
 
 impl Framing {
+    /// For a connection whose heads hyper refuses past `max_head` bytes.
+    pub fn new(max_head: usize) -> Self {
+        Framing {
+            max_head,
+            ..Framing::default()
+        }
+    }
+
     /// An HTTP/1 request that set both `Transfer-Encoding` and
     /// `Content-Length`, or a chunked one whose head could not be checked.
     /// Called once for every HTTP/1 request, in order: it takes the
@@ -116,19 +132,32 @@ impl Framing {
 
     fn record(&self, mut input: &[u8]) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let max_head = if self.max_head == 0 {
+            MAX_LINE_BYTES
+        } else {
+            self.max_head
+        };
         while !input.is_empty() {
-            let used = state.advance(input, &self.keys);
+            let used = state.advance(input, &self.keys, max_head);
             input = &input[used..];
         }
+        if state.refused {
+            self.head_refused.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a head came on this connection that hyper refuses.
+    fn head_refused(&self) -> bool {
+        self.head_refused.load(Ordering::Relaxed)
     }
 }
 
 impl Tracker {
     /// Consumes a prefix of `input` (at least one byte) and moves on.
-    fn advance(&mut self, input: &[u8], keys: &RandomState) -> usize {
+    fn advance(&mut self, input: &[u8], keys: &RandomState, max_head: usize) -> usize {
         match self.phase {
             Phase::Lost => input.len(),
-            Phase::Head => self.head(input, keys),
+            Phase::Head => self.head(input, keys, max_head),
             Phase::Length(left) => {
                 let used = left.min(input.len() as u64);
                 self.phase = match left - used {
@@ -200,7 +229,8 @@ impl Tracker {
         }
     }
 
-    fn head(&mut self, input: &[u8], keys: &RandomState) -> usize {
+    fn head(&mut self, input: &[u8], keys: &RandomState, max_head: usize) -> usize {
+        let h2 = self.pending.is_empty() && input.starts_with(b"PRI * HTTP/2.0");
         let (used, found) = self.scan(input, |bytes| {
             // Left uninitialised: httparse writes the fields it finds.
             let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -227,7 +257,16 @@ impl Tracker {
                 self.heads.push_back((key, twice));
                 self.phase = phase;
             }
-            Some((_, None)) => self.phase = Phase::Lost,
+            Some((_, None)) => {
+                self.phase = Phase::Lost;
+                self.refused = true;
+            }
+            None if self.pending.len() > max_head => {
+                self.phase = Phase::Lost;
+                self.pending = Vec::new();
+                self.refused = true;
+            }
+            None if self.phase == Phase::Lost => self.refused = !h2,
             None => {}
         }
         used
@@ -364,8 +403,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Recording<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.replacing.is_none() {
+        // Only once a head hyper refuses has come on this connection: a
+        // response body can carry the same bytes. (A client that pipelines
+        // such a body and a bad head only garbles its own connection.)
+        if self.replacing.is_none() && self.framing.head_refused() {
             if let Some(refusal) = crate::gate::matrix_parser_refusal(buf) {
+                self.framing.head_refused.store(false, Ordering::Relaxed);
                 self.replacing = Some((refusal, 0, buf.len()));
             }
         }

@@ -296,7 +296,7 @@ async fn run_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let framing = Arc::new(Framing::default());
+    let framing = Arc::new(Framing::new(limits.max_header_bytes));
     let info = Arc::new(ConnInfo::new(peer, proto, activity.clone()));
     let tracker = framing.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {

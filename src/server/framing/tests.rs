@@ -107,3 +107,27 @@ fn an_endless_head_is_given_up_on() {
     assert_eq!(state.phase, Phase::Lost);
     assert!(state.pending.len() <= MAX_LINE_BYTES);
 }
+
+#[test]
+fn heads_hyper_refuses_are_noted_and_http2_is_not() {
+    let framing = Framing::new(1024);
+    framing.record(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    assert!(framing.head_refused());
+
+    let framing = Framing::new(1024);
+    framing.record(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n");
+    assert!(framing.head_refused());
+
+    let framing = Framing::new(1024);
+    framing.record(b"GET / HTTP/1.1\r\nX-Pad: ");
+    framing.record(&[b'a'; 2000]);
+    assert!(framing.head_refused(), "past hyper's limit");
+
+    let framing = Framing::new(1024);
+    framing.record(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert!(!framing.head_refused());
+
+    let framing = Framing::new(1024);
+    framing.record(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!framing.head_refused());
+}

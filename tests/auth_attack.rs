@@ -104,3 +104,29 @@ async fn the_limiter_bounds_provider_calls_from_one_client_even_in_parallel() {
         "other clients unaffected"
     );
 }
+
+/// Concurrent requests with one uncached valid token share one validation,
+/// and with it one share of the budget: a burst of them is not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_valid_token_are_not_limited() {
+    let stub = mas_stub(|_| true).await;
+    stub.set_delay(Duration::from_millis(50));
+    let mut settings = introspection_settings(&stub.url, ClientAuthMethod::Bearer);
+    settings.rate_limit = RateLimitConfig {
+        burst: 2,
+        per_minute: 1,
+        ..RateLimitConfig::default()
+    };
+    let auth = Arc::new(build(&settings, &CacheConfig::default()));
+    let client: IpAddr = "203.0.113.9".parse().unwrap();
+    let token = auth_common::mas_access_token();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (auth, token) = (auth.clone(), token.clone());
+        tasks.spawn(async move { auth.authenticate_from(&token, client).await.is_ok() });
+    }
+    while let Some(ok) = tasks.join_next().await {
+        assert!(ok.unwrap(), "a valid token is never rate limited");
+    }
+    assert_eq!(stub.calls(), 1);
+}

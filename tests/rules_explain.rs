@@ -1,7 +1,7 @@
 //! `explain`: what an operator reads to see why a request is allowed or not.
 
 use http::Method;
-use scopegate::scopes::{Access, RuleSet, ScopeSet, Verdict};
+use scopegate::scopes::{Access, RuleSet, Ruling, ScopeSet};
 use serde_json::json;
 
 fn rules() -> RuleSet {
@@ -56,7 +56,7 @@ fn json_for_an_allowed_widget_send() {
         "org.matrix.msc2762.timeline:* org.matrix.msc2762.send.event:m.room.message",
     );
     let e = rules().explain(&Method::PUT, SEND, &scopes);
-    assert_eq!(e.decision, Verdict::Allow);
+    assert_eq!(e.decision, Ruling::Allow);
     let v = serde_json::to_value(&e).unwrap();
     assert_eq!(
         v["rule"],
@@ -84,13 +84,13 @@ fn public_and_unmatched_and_missing_token() {
     let rs = rules();
     let none = ScopeSet::default();
     let e = rs.explain(&Method::GET, "/_matrix/client/r0/login", &none);
-    assert_eq!((e.access, e.decision), (Access::Public, Verdict::Allow));
+    assert_eq!((e.access, e.decision), (Access::Public, Ruling::Allow));
     assert!(e
         .to_string()
         .ends_with("decision  allow: public route: no token needed\n"));
 
     let e = rs.explain(&Method::GET, "/_matrix/client/v3/sync", &none);
-    assert_eq!((e.access, e.decision), (Access::Unmatched, Verdict::Deny));
+    assert_eq!((e.access, e.decision), (Access::Unmatched, Ruling::Deny));
     assert!(e.rule.is_none());
     assert!(e.to_string().contains("rule      none\n"));
     let v = serde_json::to_value(&e).unwrap();
@@ -100,6 +100,6 @@ fn public_and_unmatched_and_missing_token() {
     );
 
     let e = rs.explain(&Method::PUT, SEND, &none);
-    assert_eq!(e.decision, Verdict::Deny);
+    assert_eq!(e.decision, Ruling::Deny);
     assert_eq!(e.reason, "a token is required");
 }

@@ -359,6 +359,13 @@ impl CacheConfig {
         if self.revocations.capacity == 0 {
             return Err("[cache.revocations] capacity must be at least 1".into());
         }
+        // Far beyond any token's life, and far from overflowing a clock.
+        if self.revocations.max_ttl_s > 10 * 365 * 86_400 {
+            return Err("[cache.revocations] max_ttl_s must be at most ten years".into());
+        }
+        if self.max_ttl_s > 10 * 365 * 86_400 || self.negative_ttl_s > 10 * 365 * 86_400 {
+            return Err("[cache] max_ttl_s and negative_ttl_s must be at most ten years".into());
+        }
         if self.revocations.max_ttl_s < self.max_ttl_s {
             return Err(format!(
                 "[cache.revocations] max_ttl_s ({}) must be at least [cache] max_ttl_s ({}): a revocation must outlive what the cache remembers",
@@ -384,6 +391,10 @@ impl RateLimitConfig {
         }
         if self.burst == 0 || self.per_minute == 0 {
             return Err("[auth.rate_limit] burst and per_minute must be at least 1 (or set enabled = false)".into());
+        }
+        // `burst` minutes' worth of nanoseconds must fit the limiter's u64.
+        if self.burst > 1_000_000 {
+            return Err("[auth.rate_limit] burst must be at most 1000000".into());
         }
         if self.ipv6_prefix_len == 0 || self.ipv6_prefix_len > 128 {
             return Err("[auth.rate_limit] ipv6_prefix_len must be between 1 and 128".into());

@@ -135,7 +135,10 @@ impl Introspector {
                 .acquire()
                 .await
                 .map_err(|_| "closed".to_string())?;
-            self.call(token).await
+            // What the provider says holds from the moment it was asked: a
+            // logout it had not seen yet is later than this.
+            let asked = SystemTime::now();
+            self.call(token).await.map(|r| (r, asked))
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
@@ -146,7 +149,8 @@ impl Introspector {
             tracing::warn!("token introspection failed: {e}");
             AuthError::Unavailable
         })?;
-        Ok(self.verdict(response))
+        let (response, asked) = response;
+        Ok(self.verdict(response, asked))
     }
 
     async fn call(&self, token: &str) -> Result<Response, String> {
@@ -202,8 +206,8 @@ impl Introspector {
         }
     }
 
-    fn verdict(&self, r: Response) -> Verdict {
-        match self.identity(r) {
+    fn verdict(&self, r: Response, asked: SystemTime) -> Verdict {
+        match self.identity(r, asked) {
             Ok(identity) => Verdict::Valid(Arc::new(identity)),
             Err(reason) => {
                 tracing::debug!(reason, "introspection refused the token");
@@ -212,7 +216,7 @@ impl Introspector {
         }
     }
 
-    fn identity(&self, r: Response) -> Result<Identity, &'static str> {
+    fn identity(&self, r: Response, asked: SystemTime) -> Result<Identity, &'static str> {
         if !r.active {
             return Err("inactive");
         }
@@ -245,8 +249,7 @@ impl Introspector {
             client_id: r.client_id,
             scopes,
             expires_at,
-            // The provider vouched for it just now.
-            vouched_at: Some(now),
+            vouched_at: Some(asked),
             source: "introspection",
         })
     }

@@ -75,6 +75,8 @@ impl LegacyValidator {
             .header(ACCEPT, "application/json")
             .body(Full::default())
             .map_err(|_| AuthError::Unavailable)?;
+        // The homeserver's answer holds from the moment it was asked.
+        let asked = std::time::SystemTime::now();
         let fetched = self
             .http
             .send(req, self.timeout, MAX_RESPONSE)
@@ -84,7 +86,7 @@ impl LegacyValidator {
                 AuthError::Unavailable
             })?;
         match fetched.status {
-            StatusCode::OK => match self.identity(&fetched.body) {
+            StatusCode::OK => match self.identity(&fetched.body, asked) {
                 Ok(identity) => Ok(Verdict::Valid(Arc::new(identity))),
                 Err(e) => {
                     tracing::warn!("whoami answered 200 with an unusable body: {e}");
@@ -103,7 +105,7 @@ impl LegacyValidator {
         }
     }
 
-    fn identity(&self, body: &[u8]) -> Result<Identity, String> {
+    fn identity(&self, body: &[u8], asked: std::time::SystemTime) -> Result<Identity, String> {
         let w: WhoAmI = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         let user_id: UserId = w.user_id.parse()?;
         let device_id = w.device_id.map(|d| d.parse::<DeviceId>()).transpose()?;
@@ -113,8 +115,7 @@ impl LegacyValidator {
             client_id: None,
             scopes: self.scopes.clone(),
             expires_at: None,
-            // The homeserver vouched for it just now.
-            vouched_at: Some(std::time::SystemTime::now()),
+            vouched_at: Some(asked),
             source: "legacy",
         })
     }

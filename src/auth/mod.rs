@@ -165,7 +165,9 @@ impl Authenticator {
         metrics.register(registry, move || for_gauge.entry_count())?;
         let limiter = InvalidTokenLimiter::new(&cfg.rate_limit);
         limiter.register_metrics(registry)?;
-        let revocations = Arc::new(Revocations::new(&cache.revocations));
+        // A JWT is accepted up to `leeway_s` past its `exp`.
+        let grace = Duration::from_secs(if cfg.jwt.enabled { cfg.jwt.leeway_s } else { 0 });
+        let revocations = Arc::new(Revocations::new(&cache.revocations, grace));
         revocations.register_metrics(registry)?;
         registry
             .register(Box::new(revocation::HeldGauge(revocations.clone())))
@@ -203,8 +205,8 @@ impl Authenticator {
     }
 
     /// Validates a token a client presented. Cache hits cost the provider
-    /// nothing and pass; anything else first takes one invalid token's worth
-    /// from the client's budget, given back if the token was not invalid.
+    /// nothing and pass; a validation first takes one invalid token's worth
+    /// from the client's budget, given back if the token was valid.
     pub async fn authenticate_from(
         &self,
         token: &str,
@@ -248,14 +250,13 @@ impl Authenticator {
             self.metrics.cache_hits.inc();
             return (self.unrevoked(cached, key).await.into_result(), true);
         }
-        // Taken before validating, so requests in flight count against the
-        // budget: concurrency cannot push provider calls past the burst.
-        let reservation = match reserve() {
-            Ok(reservation) => reservation,
-            Err(limited) => return (Err(limited), true),
-        };
         self.metrics.cache_misses.inc();
         let validate = async {
+            // Taken before validating, so validations in flight count
+            // against the budget: concurrency cannot push provider calls
+            // past the burst. One per validation: concurrent requests with
+            // the same token share it. Not cached when refused.
+            let reservation = reserve()?;
             // Read before the checks below: a revocation they miss changes it.
             let generation = self.revocations.generation();
             if self.revocations.token_revoked(&digest) {
@@ -275,12 +276,23 @@ impl Authenticator {
                 Err(AuthError::RateLimited { .. }) => "rate_limited",
             };
             self.metrics.validated(chosen.name(), result);
-            match verdict? {
-                Verdict::Valid(identity) if self.revocations.refuses(&digest, &identity) => {
+            // The share comes back unless the token was invalid: a provider
+            // outage is not the client's doing.
+            match verdict {
+                Ok(Verdict::Valid(identity)) if self.revocations.refuses(&digest, &identity) => {
                     self.metrics.validated("revocation", "invalid");
                     Ok(Cached::Invalid { soft_logout: false })
                 }
-                verdict => Ok(Cached::new(verdict, generation)),
+                Ok(Verdict::Valid(identity)) => {
+                    reservation.refund();
+                    Ok(Cached::new(Verdict::Valid(identity), generation))
+                }
+                Ok(invalid) => Ok(Cached::new(invalid, generation)),
+                Err(AuthError::Unavailable) => {
+                    reservation.refund();
+                    Err(AuthError::Unavailable)
+                }
+                Err(e) => Err(e),
             }
         };
         // Boxed: validation (JWKS refetch, an HTTP exchange) is most of this
@@ -293,9 +305,6 @@ impl Authenticator {
             Ok(cached) => self.unrevoked(cached, key).await.into_result(),
             Err(e) => Err(e),
         };
-        if !matches!(result, Err(AuthError::Invalid { .. })) {
-            reservation.refund();
-        }
         (result, false)
     }
 

@@ -40,6 +40,9 @@ pub(crate) struct Revocations {
     state: Mutex<State>,
     capacity: usize,
     max_ttl: Duration,
+    /// How long past its expiry a validator still accepts a token (the JWT
+    /// leeway): a revocation lasts that much longer.
+    grace: Duration,
     metrics: RevocationMetrics,
 }
 
@@ -65,12 +68,13 @@ impl Watermark {
 }
 
 impl Revocations {
-    pub(crate) fn new(cfg: &RevocationConfig) -> Self {
+    pub(crate) fn new(cfg: &RevocationConfig, grace: Duration) -> Self {
         Revocations {
             generation: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             capacity: cfg.capacity.max(1),
             max_ttl: Duration::from_secs(cfg.max_ttl_s),
+            grace,
             metrics: RevocationMetrics::new(),
         }
     }
@@ -87,7 +91,7 @@ impl Revocations {
         let now = SystemTime::now();
         let until = identity
             .and_then(|i| i.expires_at)
-            .unwrap_or(now + self.max_ttl);
+            .map_or(now + self.max_ttl, |exp| exp + self.grace);
         let mut state = self.lock();
         if state.tokens.len() >= self.capacity && !state.tokens.contains_key(&token) {
             state.tokens.retain(|_, until| *until > now);
@@ -257,10 +261,13 @@ mod tests {
     }
 
     fn store(capacity: usize) -> Revocations {
-        Revocations::new(&RevocationConfig {
-            capacity,
-            max_ttl_s: 3600,
-        })
+        Revocations::new(
+            &RevocationConfig {
+                capacity,
+                max_ttl_s: 3600,
+            },
+            Duration::ZERO,
+        )
     }
 
     fn long_ago() -> Option<SystemTime> {
@@ -286,6 +293,21 @@ mod tests {
         gone.expires_at = Some(SystemTime::now() - Duration::from_secs(1));
         r.revoke_token(TokenDigest::of("t"), Some(&gone));
         assert!(!r.token_revoked(&TokenDigest::of("t")));
+    }
+
+    #[test]
+    fn a_token_within_the_validators_leeway_is_kept() {
+        let r = Revocations::new(
+            &RevocationConfig {
+                capacity: 10,
+                max_ttl_s: 3600,
+            },
+            Duration::from_secs(30),
+        );
+        let mut just_expired = identity("@a:x", long_ago(), 0);
+        just_expired.expires_at = Some(SystemTime::now() - Duration::from_secs(1));
+        r.revoke_token(TokenDigest::of("t"), Some(&just_expired));
+        assert!(r.token_revoked(&TokenDigest::of("t")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, AUTHORIZATION, HOST};
 use http::{Method, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -283,10 +283,26 @@ impl Gateway {
                 Err(e) => return Outcome::refused(credential_refusal(e), label, None),
             },
         };
+        // Only a header token can be taken off a request: the target is
+        // forwarded as it came.
+        let in_header = req.headers().contains_key(AUTHORIZATION);
+        let mut take_header = false;
         let token = match (credential, access) {
             // CORS preflights carry no credentials (Fetch standard, §4.8), and
-            // Synapse answers them without reading one (`OptionsResource`).
-            _ if req.method() == Method::OPTIONS => None,
+            // Synapse answers them without reading one (`OptionsResource`);
+            // whatever came along is not the homeserver's to see.
+            _ if req.method() == Method::OPTIONS => {
+                take_header = in_header;
+                None
+            }
+            // An X-Matrix header stays; a bearer token is nobody's business.
+            (_, Access::Federation) => {
+                take_header = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
+                None
+            }
             (Credential::Absent, Access::Protected) => {
                 return Outcome::refused(
                     Refusal::MissingToken("Missing access token."),
@@ -303,21 +319,33 @@ impl Gateway {
         let mut logout = None;
         if let Some(token) = token {
             // 3. authenticate
-            let identity = match self.authenticate(&token, req.headers(), conn).await {
-                Ok(identity) => identity,
-                Err(refusal) => return Outcome::refused(refusal, label, None),
-            };
-            logout = Logout::of(req.method(), target.path).map(|kind| (kind, token.into_owned()));
-            // 4. authorize (a public route asks only for a valid token)
-            if access != Access::Public {
-                if let scopes::Decision::Deny(denial) = rules.authorize(&route, &identity.scopes) {
-                    let refusal = Refusal::InsufficientScope {
-                        required: denial.required_scopes(),
-                    };
-                    return Outcome::refused(refusal, label, Some(identity));
+            match self.authenticate(&token, req.headers(), conn).await {
+                Ok(identity) => {
+                    logout = Logout::of(req.method(), target.path)
+                        .map(|kind| (kind, token.into_owned()));
+                    // 4. authorize (a public route asks only for a valid token)
+                    if access != Access::Public {
+                        if let scopes::Decision::Deny(denial) =
+                            rules.authorize(&route, &identity.scopes)
+                        {
+                            let refusal = Refusal::InsufficientScope {
+                                required: denial.required_scopes(),
+                            };
+                            return Outcome::refused(refusal, label, Some(identity));
+                        }
+                    }
+                    user = Some(identity);
                 }
+                // A public route needs no token: one the gateway cannot vouch
+                // for is taken off, so a client refreshing or logging in with
+                // a stale token still gets through, and the homeserver never
+                // acts on it.
+                Err(_) if access == Access::Public && in_header => take_header = true,
+                Err(refusal) => return Outcome::refused(refusal, label, None),
             }
-            user = Some(identity);
+        }
+        if take_header {
+            req.headers_mut().remove(AUTHORIZATION);
         }
         // 5. forward
         let sent = Instant::now();

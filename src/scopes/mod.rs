@@ -46,8 +46,8 @@ const BUILTIN: &str = include_str!("../../scopes.toml");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
-    /// No token needed; one sent along must be valid (the homeserver acts
-    /// on it), but no scope is asked of it.
+    /// No token needed; one sent along goes on only if valid (no scope is
+    /// asked of it), else it is taken off the request.
     Public,
     /// Passes without a token; a token present must be valid, then authorized.
     Optional,

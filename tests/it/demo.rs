@@ -1,12 +1,10 @@
 //! `scopegate demo` does what it prints: each demo token gets the answer the
 //! instructions promise.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::support::*;
 use http::Request;
 
 #[tokio::test]

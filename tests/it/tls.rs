@@ -1,11 +1,9 @@
 //! TLS termination: the gateway serves HTTPS from PEM files and offers h2
 //! and http/1.1 by ALPN.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::support::*;
 use http::Request;
 use http_body_util::BodyExt;
 use rustls_pki_types::{CertificateDer, ServerName};

@@ -2,14 +2,12 @@
 //! back the rest of a 50 MB body until the far side has seen the first
 //! megabyte, which can only happen if nothing buffers the whole body.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body::Body;
 use http_body_util::BodyExt;

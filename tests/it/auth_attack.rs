@@ -1,12 +1,10 @@
 //! Floods of made-up tokens: bounded cache, bounded provider calls, 429s.
 
-mod auth_common;
-
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_common::{build, introspection_settings, mas_stub, random_alnum};
+use crate::support::{build, introspection_settings, mas_stub, random_alnum};
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod, RateLimitConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

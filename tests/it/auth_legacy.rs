@@ -1,8 +1,6 @@
 //! Legacy Matrix tokens, vouched for by the homeserver's whoami.
 
-mod auth_common;
-
-use auth_common::{Stub, SERVER_NAME};
+use crate::support::{Stub, SERVER_NAME};
 use http::StatusCode;
 use scopegate::auth::{AuthError, AuthSettings, Authenticator, CacheConfig, LegacyConfig};
 use scopegate::scopes::FULL_ACCESS;

@@ -2,6 +2,7 @@
 //! the `explain` command.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::*;
@@ -115,9 +116,11 @@ allow = ["urn:matrix:client:api:*"]
 
 #[tokio::test]
 async fn rules_reload_on_sighup_and_a_broken_file_keeps_the_old_rules() {
-    let upstream = Stub::homeserver(|req| {
+    // The first `/sync` forwarded is the one in flight across a reload.
+    let first_sync = AtomicBool::new(true);
+    let upstream = Stub::homeserver(move |req| {
         let reply = Reply::json(200, "{}");
-        if req.path == "/_matrix/client/v3/sync" {
+        if req.path == "/_matrix/client/v3/sync" && first_sync.swap(false, Ordering::SeqCst) {
             reply.after(Duration::from_millis(1500))
         } else {
             reply

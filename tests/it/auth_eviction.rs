@@ -1,7 +1,8 @@
 //! Revocation by token and by user, and forgetting the whole cache.
 
-use crate::support::{build, introspection_settings, introspection_stub, mas_access_token, Stub};
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
+
+use crate::support::{build, introspection_settings, introspection_stub, mas_access_token, Stub};
 
 /// Tokens ending in `B` belong to bob, the rest to alice; always active.
 async fn provider() -> Stub {

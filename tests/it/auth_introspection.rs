@@ -4,14 +4,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::support::{
-    build, introspection_settings, mas_access_token, mas_active_body, mas_stub, unix_now, Stub,
-};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::StatusCode;
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
 use serde_json::json;
+
+use crate::support::{
+    build, introspection_settings, mas_access_token, mas_active_body, mas_stub, unix_now, Stub,
+};
 
 const INVALID: AuthError = AuthError::Invalid { soft_logout: false };
 

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::support::{build, unix_now, SERVER_NAME};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use scopegate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
 use scopegate::auth::{AuthError, AuthSettings, Authenticator, CacheConfig, JwsAlgorithm, Secret};
 use serde_json::{json, Value};
+
+use crate::support::{build, unix_now, SERVER_NAME};
 
 const INVALID: AuthError = AuthError::Invalid { soft_logout: false };
 

@@ -1,9 +1,10 @@
 //! MAS token shapes: the checksum is checked offline, before any network call.
 
-use crate::support::{build, introspection_settings, mas_stub, Stub};
 use http::StatusCode;
 use scopegate::auth::mas::MasTokenKind;
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
+
+use crate::support::{build, introspection_settings, mas_stub, Stub};
 
 // matrix-facts.md §3.
 const VECTORS: [&str; 2] = [

@@ -4,8 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::support::*;
 use http::Request;
+
+use crate::support::*;
 
 #[tokio::test]
 async fn demo_tokens_behave_as_printed() {

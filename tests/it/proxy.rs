@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use http::Request;
+
+use crate::support::*;
 
 /// A homeserver that records every client request and answers with a
 /// recognisable response.

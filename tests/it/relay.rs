@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 
-use crate::support::*;
 use http::{Request, StatusCode};
+
+use crate::support::*;
 
 const SECRET: &str = "relay-shared-secret-0123456789";
 

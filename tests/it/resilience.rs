@@ -5,8 +5,9 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::*;
 use http::Request;
+
+use crate::support::*;
 
 /// An upstream that answers after `delay`, like a `/sync` long-poll.
 async fn slow_stub(delay: Duration) -> Stub {

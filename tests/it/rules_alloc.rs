@@ -5,12 +5,12 @@
 //! thread-local read. Tests run one per thread, so no other test's
 //! allocations are counted.
 
-use crate::catalog;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use scopegate::scopes::{Decision, RuleSet, ScopeSet};
+
+use crate::catalog;
 
 struct Counting;
 

@@ -1,8 +1,8 @@
 //! The shipped rules against every endpoint of the client-server API.
 
-use crate::catalog;
-
 use scopegate::scopes::{Access, RuleSet, ScopeSet};
+
+use crate::catalog;
 
 fn scopes(s: &str) -> ScopeSet {
     ScopeSet::from_space_separated(s)

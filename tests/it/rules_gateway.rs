@@ -5,8 +5,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::support::*;
 use http::Request;
+
+use crate::support::*;
 
 const WIDGET_TOKEN: &str = "widget_token_for_room_a";
 

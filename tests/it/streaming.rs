@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{oneshot, Mutex};
+
+use crate::support::*;
 
 const MIB: usize = 1024 * 1024;
 const TOTAL: usize = 50 * MIB;

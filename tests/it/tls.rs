@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::support::*;
 use http::Request;
 use http_body_util::BodyExt;
 use rustls_pki_types::{CertificateDer, ServerName};
+
+use crate::support::*;
 
 #[tokio::test]
 async fn https_with_h2_by_alpn() {

@@ -2,8 +2,9 @@
 //! logouts revoke them, a provider outage fails closed for new tokens only,
 //! floods of bad tokens meet 429, and operators can revoke by hand.
 
-use crate::support::*;
 use http::Request;
+
+use crate::support::*;
 
 fn introspection(provider: &Stub) -> String {
     introspection_config(provider, "negative_ttl_s = 0")

@@ -1,8 +1,6 @@
 //! Test data shared by the integration tests: the endpoint catalog, read
 //! from the copies in `tests/data`.
 
-#![allow(dead_code)] // each test binary uses its own part of this
-
 pub struct Row {
     pub method: http::Method,
     pub template: String,

@@ -1,13 +1,12 @@
 //! Floods of made-up tokens: bounded cache, bounded provider calls, 429s.
 
-mod auth_common;
-
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_common::{build, introspection_settings, mas_stub, random_alnum};
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod, RateLimitConfig};
+
+use crate::support::{build, introspection_settings, mas_stub, random_alnum};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_random_tokens_stay_within_the_capacity() {

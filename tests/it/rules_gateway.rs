@@ -1,13 +1,13 @@
 //! The rule set at work in the running gateway: narrow tokens, reloads, and
 //! the `explain` command.
 
-mod common;
-
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
 use http::Request;
+
+use crate::support::*;
 
 const WIDGET_TOKEN: &str = "widget_token_for_room_a";
 
@@ -117,17 +117,21 @@ allow = ["urn:matrix:client:api:*"]
 
 #[tokio::test]
 async fn rules_reload_on_sighup_and_a_broken_file_keeps_the_old_rules() {
-    let upstream = stub(|req| async move {
-        if req.uri().path() == "/_matrix/client/v3/sync" {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The first `/sync` forwarded is the one in flight across a reload.
+    let first_sync = AtomicBool::new(true);
+    let upstream = Stub::homeserver(move |req| {
+        let reply = Reply::json(200, "{}");
+        if req.path == "/_matrix/client/v3/sync" && first_sync.swap(false, Ordering::SeqCst) {
+            reply.after(Duration::from_millis(1500))
+        } else {
+            reply
         }
-        json_response(200, "{}")
     })
     .await;
     let gate = GateBuilder::new()
         .file("rules.toml", SMALL_RULES)
         .rest("[rules]\nfile = \"rules.toml\"")
-        .start(upstream)
+        .start(upstream.addr)
         .await;
     let rules = gate.dir.path().join("rules.toml");
     let whoami = "/_matrix/client/v3/account/whoami";
@@ -145,41 +149,25 @@ async fn rules_reload_on_sighup_and_a_broken_file_keeps_the_old_rules() {
     );
     std::fs::write(&rules, &extended).unwrap();
     gate.signal("HUP");
-    let mut status = 0;
-    for _ in 0..50 {
-        status = get(gate.addr, whoami, Some(FULL_TOKEN))
-            .await
-            .0
-            .status
-            .as_u16();
-        let metrics = gate.metrics().await;
-        if metrics.contains(r#"scopegate_rule_reloads_total{result="ok"}"#) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 200);
-    let addr = gate.addr;
+    gate.wait_metrics("successful reload", |m| {
+        m.contains(r#"scopegate_rule_reloads_total{result="ok"}"#)
+    })
+    .await;
+    assert_eq!(get(gate.addr, whoami, Some(FULL_TOKEN)).await.0.status, 200);
+    let (addr, forwarded) = (gate.addr, upstream.calls());
     let in_flight = tokio::spawn(async move { get(addr, sync, Some(FULL_TOKEN)).await.0.status });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream.wait_calls(forwarded + 1).await;
 
     // A broken file is refused and the previous rules keep serving.
     std::fs::write(&rules, "[[rule]]\nroute = \"BREW /coffee\"\n").unwrap();
     gate.signal("HUP");
-    let mut refused = false;
-    for _ in 0..50 {
-        if gate
-            .metrics()
-            .await
-            .contains(r#"scopegate_rule_reloads_total{result="error"}"#)
-        {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(refused, "the broken reload shows in the metrics");
-    assert!(gate.logs().contains("rules not reloaded"), "and in the log");
+    // The broken reload shows in the metrics, and in the log.
+    gate.wait_metrics("failed reload", |m| {
+        m.contains(r#"scopegate_rule_reloads_total{result="error"}"#)
+    })
+    .await;
+    gate.wait_log("refused reload", |l| l.contains("rules not reloaded"))
+        .await;
     assert_eq!(
         in_flight.await.unwrap(),
         200,
@@ -202,12 +190,22 @@ async fn rules_reload_when_the_file_changes() {
         .await;
     let sync = "/_matrix/client/v3/sync";
     assert_eq!(get(gate.addr, sync, Some(FULL_TOKEN)).await.0.status, 404);
-    // Make sure the modification time moves even on coarse file systems.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     let extended = format!(
         "{SMALL_RULES}\n[[rule]]\nroute = \"GET /_matrix/client/{{versions}}/sync\"\nversions = [\"v3\"]\nallow = [\"urn:matrix:client:api:*\"]\n"
     );
-    std::fs::write(gate.dir.path().join("rules.toml"), extended).unwrap();
+    // Replaced whole, with a modification time that moves even on coarse
+    // file systems.
+    let path = gate.dir.path().join("rules.toml");
+    let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let new = gate.dir.path().join("rules.toml.new");
+    std::fs::write(&new, extended).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&new)
+        .unwrap()
+        .set_modified(before + Duration::from_secs(2))
+        .unwrap();
+    std::fs::rename(&new, &path).unwrap();
     let mut status = 0;
     for _ in 0..60 {
         status = get(gate.addr, sync, Some(FULL_TOKEN))

@@ -1,11 +1,10 @@
 //! Legacy Matrix tokens, vouched for by the homeserver's whoami.
 
-mod auth_common;
-
-use auth_common::{Stub, SERVER_NAME};
 use http::StatusCode;
 use scopegate::auth::{AuthError, AuthSettings, Authenticator, CacheConfig, LegacyConfig};
 use scopegate::scopes::FULL_ACCESS;
+
+use crate::support::{Stub, SERVER_NAME};
 
 const TOKEN: &str = "syt_YWxpY2U_lKuRhHkiXmWZzgSoBRwb_3u5Fqv";
 

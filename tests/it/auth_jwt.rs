@@ -1,18 +1,17 @@
 //! JWT access tokens against the in-process demo issuer: discovery, JWKS,
 //! signature and claim checks, key rotation, refetch limits, stale keys.
 
-mod auth_common;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use auth_common::{build, unix_now, SERVER_NAME};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use scopegate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
 use scopegate::auth::{AuthError, AuthSettings, Authenticator, CacheConfig, JwsAlgorithm, Secret};
 use serde_json::{json, Value};
+
+use crate::support::{build, unix_now, SERVER_NAME};
 
 const INVALID: AuthError = AuthError::Invalid { soft_logout: false };
 
@@ -253,7 +252,7 @@ async fn hmac_works_only_with_the_configured_shared_key() {
     let err = Authenticator::from_config(
         &settings,
         &CacheConfig::default(),
-        &auth_common::no_upstream(),
+        &crate::support::no_upstream(),
         &prometheus::Registry::new(),
     )
     .err()
@@ -408,8 +407,16 @@ async fn cached_keys_serve_while_the_provider_is_down_then_fail_closed() {
     );
 
     issuer.set_available(true);
-    tokio::time::sleep(Duration::from_millis(1500)).await; // refresher or cooldown passes
-    auth.authenticate(&token()).await.unwrap();
+    // Served again once the refresher (every second) or a refetch after the
+    // cooldown (one second) has the keys.
+    let back = async {
+        while auth.authenticate(&token()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), back)
+        .await
+        .expect("the keys are fetched again");
 }
 
 #[tokio::test]
@@ -436,7 +443,7 @@ async fn metrics_are_registered_and_counted() {
     let auth = Authenticator::from_config(
         &issuer.settings(SERVER_NAME),
         &CacheConfig::default(),
-        &auth_common::no_upstream(),
+        &crate::support::no_upstream(),
         &registry,
     )
     .unwrap();

@@ -1,19 +1,18 @@
 //! RFC 7662 introspection against a stub speaking MAS's dialect.
 
-mod auth_common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use auth_common::{
-    build, introspection_settings, mas_access_token, mas_active_body, mas_stub, unix_now, Stub,
-};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::StatusCode;
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
 use serde_json::json;
+
+use crate::support::{
+    build, introspection_settings, mas_access_token, mas_active_body, mas_stub, unix_now, Stub,
+};
 
 const INVALID: AuthError = AuthError::Invalid { soft_logout: false };
 
@@ -92,7 +91,7 @@ async fn compat_tokens_without_expiry_or_device_scope() {
         &CacheConfig::default(),
     );
     let token = scopegate::auth::mas::MasTokenKind::CompatAccessToken
-        .token_with(&auth_common::random_alnum(30));
+        .token_with(&crate::support::random_alnum(30));
     let id = auth.authenticate(&token).await.unwrap();
     assert_eq!(id.user_id, "@bob:example.org");
     assert_eq!(id.device_id.as_deref(), Some("COMPATDEV1"));

@@ -1,11 +1,10 @@
 //! MAS token shapes: the checksum is checked offline, before any network call.
 
-mod auth_common;
-
-use auth_common::{build, introspection_settings, mas_stub, Stub};
 use http::StatusCode;
 use scopegate::auth::mas::MasTokenKind;
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
+
+use crate::support::{build, introspection_settings, mas_stub, Stub};
 
 // matrix-facts.md §3.
 const VECTORS: [&str; 2] = [
@@ -62,7 +61,7 @@ async fn refresh_tokens_are_refused_offline() {
         &CacheConfig::default(),
     );
     for kind in [MasTokenKind::RefreshToken, MasTokenKind::CompatRefreshToken] {
-        let token = kind.token_with(&auth_common::random_alnum(30));
+        let token = kind.token_with(&crate::support::random_alnum(30));
         assert_eq!(auth.authenticate(&token).await.unwrap_err(), INVALID);
     }
     assert_eq!(stub.calls(), 0);

@@ -2,18 +2,17 @@
 //! back the rest of a 50 MB body until the far side has seen the first
 //! megabyte, which can only happen if nothing buffers the whole body.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{oneshot, Mutex};
+
+use crate::support::*;
 
 const MIB: usize = 1024 * 1024;
 const TOTAL: usize = 50 * MIB;

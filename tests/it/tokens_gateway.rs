@@ -2,19 +2,12 @@
 //! logouts revoke them, a provider outage fails closed for new tokens only,
 //! floods of bad tokens meet 429, and operators can revoke by hand.
 
-mod auth_common;
-mod common;
-
-use auth_common::{mas_access_token, mas_stub, Stub};
-use common::*;
 use http::Request;
 
-fn introspection(stub: &Stub, extra: &str) -> String {
-    format!(
-        "[auth.introspection]\nenabled = true\nendpoint = \"{}/oauth2/introspect\"\n\
-         auth_method = \"bearer\"\nclient_secret = \"s3cret\"\n\n[cache]\nnegative_ttl_s = 0\n{extra}",
-        stub.url
-    )
+use crate::support::*;
+
+fn introspection(provider: &Stub) -> String {
+    introspection_config(provider, "negative_ttl_s = 0")
 }
 
 async fn whoami(gate: &Gate, token: &str) -> (u16, serde_json::Value) {
@@ -42,7 +35,7 @@ async fn post(gate: &Gate, path: &str, token: &str) -> u16 {
 async fn a_token_logged_out_through_the_gateway_stays_refused() {
     let provider = mas_stub(|_| true).await;
     let gate = GateBuilder::new()
-        .rest(&introspection(&provider, ""))
+        .rest(&introspection(&provider))
         .start(ok_stub().await)
         .await;
     let token = mas_access_token();
@@ -74,7 +67,7 @@ async fn a_token_logged_out_through_the_gateway_stays_refused() {
 async fn logout_all_refuses_every_token_the_user_had() {
     let provider = mas_stub(|_| true).await; // every token is alice's
     let gate = GateBuilder::new()
-        .rest(&introspection(&provider, ""))
+        .rest(&introspection(&provider))
         .start(ok_stub().await)
         .await;
     let (phone, laptop) = (mas_access_token(), mas_access_token());
@@ -103,7 +96,7 @@ async fn logout_all_refuses_every_token_the_user_had() {
 async fn provider_outage_fails_closed_for_new_tokens_only() {
     let provider = mas_stub(|_| true).await;
     let gate = GateBuilder::new()
-        .rest(&introspection(&provider, ""))
+        .rest(&introspection(&provider))
         .start(ok_stub().await)
         .await;
     let cached = mas_access_token();
@@ -137,7 +130,7 @@ async fn a_flood_of_invalid_tokens_meets_429_but_valid_cached_tokens_pass() {
     let known = good.clone();
     let provider = mas_stub(move |t| t == known).await;
     let gate = GateBuilder::new()
-        .rest(&introspection(&provider, ""))
+        .rest(&introspection(&provider))
         .rest("[auth.rate_limit]\nburst = 3\nper_minute = 6")
         .start(ok_stub().await)
         .await;
@@ -188,7 +181,7 @@ async fn a_flood_of_invalid_tokens_meets_429_but_valid_cached_tokens_pass() {
 async fn admin_eviction_revokes() {
     let provider = mas_stub(|_| true).await;
     let gate = GateBuilder::new()
-        .rest(&introspection(&provider, ""))
+        .rest(&introspection(&provider))
         .start(ok_stub().await)
         .await;
     let (token, other) = (mas_access_token(), mas_access_token());
@@ -240,7 +233,7 @@ async fn a_parallel_flood_reaches_the_provider_at_most_the_burst() {
     // Each introspection takes a while, so many are in flight at once.
     provider.set_delay(std::time::Duration::from_millis(20));
     let gate = GateBuilder::new()
-        .rest(&introspection(&provider, ""))
+        .rest(&introspection(&provider))
         .rest("[auth.rate_limit]\nburst = 20\nper_minute = 30")
         .start(ok_stub().await)
         .await;

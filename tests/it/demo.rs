@@ -1,13 +1,12 @@
 //! `scopegate demo` does what it prints: each demo token gets the answer the
 //! instructions promise.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::*;
 use http::Request;
+
+use crate::support::*;
 
 #[tokio::test]
 async fn demo_tokens_behave_as_printed() {

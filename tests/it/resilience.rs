@@ -2,32 +2,26 @@
 //! Matrix errors, slow clients are cut off without hurting others, and a
 //! shutdown lets in-flight requests finish.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
 use http::Request;
 
+use crate::support::*;
+
 /// An upstream that answers after `delay`, like a `/sync` long-poll.
-async fn slow_stub(delay: Duration) -> std::net::SocketAddr {
-    stub(move |req| async move {
-        if req.uri().path() != "/_matrix/client/versions" {
-            tokio::time::sleep(delay).await;
-        }
-        json_response(200, r#"{"next_batch":"s2"}"#)
-    })
-    .await
+async fn slow_stub(delay: Duration) -> Stub {
+    Stub::homeserver(move |_| Reply::json(200, r#"{"next_batch":"s2"}"#).after(delay)).await
 }
 
 #[tokio::test]
 async fn long_poll_within_the_response_timeout_is_not_cut_off() {
-    // The default is above five minutes (config tests); scaled down here.
-    let upstream = slow_stub(Duration::from_millis(2500)).await;
+    // The default is above five minutes (config tests); scaled down here,
+    // the wait still longer than the header read timeout (1 s).
+    let upstream = slow_stub(Duration::from_millis(1500)).await;
     let gate = GateBuilder::new()
-        .upstream("response_header_timeout_s = 4")
-        .start(upstream)
+        .upstream("response_header_timeout_s = 3")
+        .start(upstream.addr)
         .await;
     let started = Instant::now();
     let (parts, body) = get(
@@ -38,7 +32,7 @@ async fn long_poll_within_the_response_timeout_is_not_cut_off() {
     .await;
     assert_eq!(parts.status, 200);
     assert_eq!(json(&body)["next_batch"], "s2");
-    assert!(started.elapsed() >= Duration::from_millis(2500));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
 }
 
 #[tokio::test]
@@ -46,7 +40,7 @@ async fn upstream_too_slow_is_504() {
     let upstream = slow_stub(Duration::from_secs(30)).await;
     let gate = GateBuilder::new()
         .upstream("response_header_timeout_s = 1")
-        .start(upstream)
+        .start(upstream.addr)
         .await;
     let (parts, body) = get(gate.addr, "/_matrix/client/v3/sync", Some(FULL_TOKEN)).await;
     assert_eq!(parts.status, 504);
@@ -148,17 +142,25 @@ async fn idle_keep_alive_connections_are_closed() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let upstream = slow_stub(Duration::from_millis(1500)).await;
-    let mut gate = Gate::start(upstream).await;
+    let mut gate = Gate::start(upstream.addr).await;
     let addr = gate.addr;
     let in_flight =
         tokio::spawn(async move { get(addr, "/_matrix/client/v3/sync", Some(FULL_TOKEN)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upstream.wait_calls(1).await;
     gate.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Within the upstream's 1.5 s, while the request is still in flight.
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(1), refused)
+            .await
+            .is_ok(),
         "new connections are refused once shutdown starts"
     );
+    assert!(!in_flight.is_finished());
     let (parts, body) = in_flight.await.unwrap();
     assert_eq!(parts.status, 200, "the in-flight request completed");
     assert_eq!(json(&body)["next_batch"], "s2");
@@ -174,7 +176,7 @@ async fn drain_timeout_bounds_shutdown() {
     let upstream = slow_stub(Duration::from_secs(60)).await;
     let mut gate = GateBuilder::new()
         .server("drain_timeout_s = 1")
-        .start(upstream)
+        .start(upstream.addr)
         .await;
     let addr = gate.addr;
     let _stuck = tokio::spawn(async move {
@@ -184,7 +186,7 @@ async fn drain_timeout_bounds_shutdown() {
             .unwrap();
         let _ = send(addr, req).await;
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upstream.wait_calls(1).await;
     let started = Instant::now();
     gate.signal("TERM");
     let status = gate
@@ -197,22 +199,24 @@ async fn drain_timeout_bounds_shutdown() {
 
 #[tokio::test]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
-    let upstream = stub(|req| async move {
-        if req.uri().path() == "/_matrix/client/v3/sync" {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+    let upstream = Stub::homeserver(|req| {
+        let reply = Reply::json(200, "{}");
+        if req.path == "/_matrix/client/v3/sync" {
+            reply.after(Duration::from_millis(1500))
+        } else {
+            reply
         }
-        json_response(200, "{}")
     })
     .await;
     let gate = GateBuilder::new()
         .server("max_connections = 1")
-        .start(upstream)
+        .start(upstream.addr)
         .await;
     let addr = gate.addr;
     let started = Instant::now();
     let slow =
         tokio::spawn(async move { get(addr, "/_matrix/client/v3/sync", Some(FULL_TOKEN)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream.wait_calls(1).await;
     let (parts, _) = get(addr, "/_matrix/client/v3/account/whoami", Some(FULL_TOKEN)).await;
     assert_eq!(parts.status, 200);
     assert!(

@@ -1,8 +1,8 @@
 //! The shipped rules against every endpoint of the client-server API.
 
-mod catalog;
-
 use scopegate::scopes::{Access, RuleSet, ScopeSet};
+
+use crate::catalog;
 
 fn scopes(s: &str) -> ScopeSet {
     ScopeSet::from_space_separated(s)
@@ -197,7 +197,7 @@ fn federation_passes_through_and_can_be_turned_off() {
         Access::Public
     );
 
-    let src = include_str!("../scopes.toml").replace("federation = true", "federation = false");
+    let src = include_str!("../../scopes.toml").replace("federation = true", "federation = false");
     let loaded = RuleSet::parse(&src, "scopes.toml").unwrap();
     assert_eq!(loaded.warnings.len(), 3);
     let m = loaded
@@ -228,7 +228,7 @@ fn everything_else_is_refused() {
 
 #[test]
 fn the_shipped_file_loads_without_warnings() {
-    let loaded = RuleSet::parse(include_str!("../scopes.toml"), "scopes.toml").unwrap();
+    let loaded = RuleSet::parse(include_str!("../../scopes.toml"), "scopes.toml").unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
 

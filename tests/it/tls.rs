@@ -1,14 +1,13 @@
 //! TLS termination: the gateway serves HTTPS from PEM files and offers h2
 //! and http/1.1 by ALPN.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use http::Request;
 use http_body_util::BodyExt;
 use rustls_pki_types::{CertificateDer, ServerName};
+
+use crate::support::*;
 
 #[tokio::test]
 async fn https_with_h2_by_alpn() {

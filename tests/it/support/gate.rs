@@ -1,119 +1,20 @@
-//! Shared test harness: the real `scopegate` binary on ephemeral ports, in
-//! front of in-process stub upstreams, driven by plain hyper clients.
+//! The real `scopegate` binary on ephemeral ports, in front of a stub
+//! upstream, with its stdout (the logs) captured to a file.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
-use std::convert::Infallible;
-use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::{Body, Frame};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http::Request;
 use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 
-pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-pub const FULL_TOKEN: &str = "syt_full_access_token_for_tests";
-pub const DEVICE_ONLY_TOKEN: &str = "device_only_token_for_tests";
-
-pub fn full(body: impl Into<Bytes>) -> TestBody {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A body fed chunk by chunk from a channel, so a test controls its pace.
-pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-pub fn channel_body() -> (mpsc::Sender<Bytes>, TestBody) {
-    let (tx, rx) = mpsc::channel(4);
-    (tx, ChannelBody(rx).boxed())
-}
-
-/// Starts a stub upstream serving `handler` on a loopback port.
-pub async fn stub<F, Fut>(handler: F) -> SocketAddr
-where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<TestBody>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A stub that answers every request with 200 and a small JSON body.
-pub async fn ok_stub() -> SocketAddr {
-    stub(|_req| async { json_response(200, r#"{"ok":true}"#) }).await
-}
-
-pub fn json_response(status: u16, body: &str) -> Response<TestBody> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(full(body.to_string()))
-        .unwrap()
-}
-
-pub fn free_port() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-pub fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+use super::{free_port, full, get, sha256_hex, DEVICE_ONLY_TOKEN, FULL_TOKEN};
 
 /// The config every test starts from; the builder's extras are appended to
 /// their sections, `rest` to the end.
-pub fn config(
-    listen: SocketAddr,
-    admin: SocketAddr,
-    upstream: SocketAddr,
-    b: &GateBuilder,
-) -> String {
+fn config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, b: &GateBuilder) -> String {
     let (server_extra, upstream_extra, log_extra, auth_extra, rest) = (
         &b.server_extra,
         &b.upstream_extra,
@@ -164,18 +65,18 @@ pub struct Gate {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub log: PathBuf,
+    log: PathBuf,
     pub dir: tempfile::TempDir,
 }
 
 #[derive(Default)]
 pub struct GateBuilder {
-    pub server_extra: String,
-    pub upstream_extra: String,
-    pub log_extra: String,
-    pub auth_extra: String,
-    pub rest: String,
-    pub files: Vec<(String, Vec<u8>)>,
+    server_extra: String,
+    upstream_extra: String,
+    log_extra: String,
+    auth_extra: String,
+    rest: String,
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl GateBuilder {
@@ -208,6 +109,7 @@ impl GateBuilder {
         self.upstream_extra.push('\n');
         self
     }
+    /// A file beside the config (`gate.dir`), for paths the config names.
     pub fn file(mut self, name: &str, content: impl Into<Vec<u8>>) -> Self {
         self.files.push((name.into(), content.into()));
         self
@@ -243,7 +145,7 @@ impl GateBuilder {
                 log,
                 dir,
             };
-            match gate.wait_listening().await {
+            match gate.wait_ready().await {
                 Ok(()) => return gate,
                 Err(e) if e.contains("cannot listen on") => {
                     dir = std::mem::replace(&mut gate.dir, tempfile::tempdir().unwrap());
@@ -256,12 +158,18 @@ impl GateBuilder {
     }
 }
 
+/// How long a test waits for something the gateway should do at once.
+const PATIENCE: Duration = Duration::from_secs(10);
+
 impl Gate {
     pub async fn start(upstream: SocketAddr) -> Gate {
         GateBuilder::new().start(upstream).await
     }
 
-    async fn wait_listening(&mut self) -> Result<(), String> {
+    /// Ready: the public listener accepts connections and the admin
+    /// listener answers `/healthz` (it is served by a task spawned with
+    /// the others after both listeners are bound).
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -272,9 +180,7 @@ impl Gate {
                     self.logs()
                 ));
             }
-            if TcpStream::connect(self.addr).await.is_ok()
-                && TcpStream::connect(self.admin).await.is_ok()
-            {
+            if healthy(self.admin).await && TcpStream::connect(self.addr).await.is_ok() {
                 return Ok(());
             }
             assert!(
@@ -286,11 +192,40 @@ impl Gate {
         }
     }
 
-    /// The log so far. Lines are written by a background thread: give it a
-    /// moment to catch up with what the test just did.
+    /// The log so far, in whole lines. Lines are written by a background
+    /// thread and may lag behind: wait with [`Gate::wait_log`] or
+    /// [`Gate::logs_flushed`].
     pub fn logs(&self) -> String {
-        std::thread::sleep(Duration::from_millis(100));
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut logs = std::fs::read(&self.log).unwrap_or_default();
+        logs.truncate(
+            logs.iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |end| end + 1),
+        );
+        String::from_utf8_lossy(&logs).into_owned()
+    }
+
+    /// Polls the log until `done` holds, and returns it.
+    pub async fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let logs = self.logs();
+            if done(&logs) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "no {what} in the log:\n{logs}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The log with every line logged before this call: a SIGHUP's
+    /// "reloading rules" line, logged after them, has reached the file.
+    pub async fn logs_flushed(&self) -> String {
+        const MARK: &str = "SIGHUP: reloading rules";
+        let seen = self.logs().matches(MARK).count();
+        self.signal("HUP");
+        self.wait_log("SIGHUP line", |logs| logs.matches(MARK).count() > seen)
+            .await
     }
 
     pub fn pid(&self) -> u32 {
@@ -330,14 +265,43 @@ impl Gate {
             .unwrap()
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
     pub async fn metrics(&self) -> String {
         let (_, body) = get(self.admin, "/metrics", None).await;
         String::from_utf8(body.to_vec()).unwrap()
     }
+
+    /// Polls `/metrics` until `done` holds, and returns them.
+    pub async fn wait_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let metrics = self.metrics().await;
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} in the metrics:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Whether `/healthz` answers 200 on `admin`, within a second.
+async fn healthy(admin: SocketAddr) -> bool {
+    let ask = async {
+        let stream = TcpStream::connect(admin).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = Request::get("/healthz").body(full("")).unwrap();
+        Some(sender.send_request(req).await.ok()?.status() == 200)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ask).await,
+        Ok(Some(true))
+    )
 }
 
 impl Drop for Gate {
@@ -347,48 +311,4 @@ impl Drop for Gate {
             let _ = child.wait();
         }
     }
-}
-
-/// Sends one request on a fresh HTTP/1.1 connection.
-pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> (http::response::Parts, Bytes) {
-    let response = send_streaming(addr, req).await;
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    (parts, bytes)
-}
-
-pub async fn send_streaming(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender.send_request(req).await.unwrap()
-}
-
-pub async fn get(
-    addr: SocketAddr,
-    path: &str,
-    token: Option<&str>,
-) -> (http::response::Parts, Bytes) {
-    let mut req = Request::get(path).header("host", "matrix.example.org");
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    send(addr, req.body(full("")).unwrap()).await
-}
-
-/// Writes raw bytes and reads until the gateway closes or `limit` passes.
-pub fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
-    let mut stream = StdStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(limit)).unwrap();
-    stream.write_all(request).unwrap();
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }

@@ -16,7 +16,7 @@
 //! error. Requests carry `x-case: N`, which the stub records with its view;
 //! the gateway's JSON access log (one line per request, in order) names the
 //! user it authenticated, and each test user has one token.
-//! `CREDENTIALS_VERBOSE=1 cargo test --test credentials -- --nocapture`
+//! `CREDENTIALS_VERBOSE=1 cargo test --test it credentials:: -- --nocapture`
 //! prints every case with both sides' view.
 //!
 //! The stub is a hyper server: it reads the target hyper forwarded, which
@@ -64,8 +64,6 @@
 //! failure says whether the gateway changed behaviour or let a second
 //! credential through.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -76,12 +74,11 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{DEVICE_ONLY_TOKEN, FULL_TOKEN};
+use crate::support::{full, sha256_hex, GateBuilder, Reply, Stub, DEVICE_ONLY_TOKEN, FULL_TOKEN};
 
 /// A second full-access user, so that "the homeserver acted as someone else
 /// with full access" is among the outcomes.
@@ -385,32 +382,19 @@ struct Seen {
 
 /// The stub homeserver: records, per request marked `x-case`, the
 /// credential Synapse would act on, and answers `{"stub": <case>}`.
-async fn homeserver(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
-    common::stub(move |req: Request<Incoming>| {
-        let seen = seen.clone();
-        async move {
-            let case = req
-                .headers()
-                .get("x-case")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok());
-            let (parts, body) = req.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let view = synapse_view(&parts.method, parts.uri.query(), &parts.headers, &body);
-            if let Some(case) = case {
-                seen.lock().unwrap().push(Seen {
-                    case,
-                    path: parts.uri.path().to_owned(),
-                    view,
-                });
-            }
-            let marker = case.map_or(-1, |c| c as i64);
-            common::json_response(200, &format!(r#"{{"stub":{marker}}}"#))
+async fn homeserver(seen: Arc<Mutex<Vec<Seen>>>) -> Stub {
+    Stub::start(move |req| {
+        let case = req.header("x-case").and_then(|v| v.parse::<usize>().ok());
+        let view = synapse_view(&req.method, req.uri.query(), &req.headers, &req.body);
+        if let Some(case) = case {
+            seen.lock().unwrap().push(Seen {
+                case,
+                path: req.path.clone(),
+                view,
+            });
         }
+        let marker = case.map_or(-1, |c| c as i64);
+        Reply::json(200, format!(r#"{{"stub":{marker}}}"#))
     })
     .await
 }
@@ -1306,9 +1290,7 @@ async fn send_h2(addr: SocketAddr, case: &Case) -> Answer {
     for (name, value) in &case.headers {
         req = req.header(name.as_str(), HeaderValue::from_bytes(value).unwrap());
     }
-    let req = req
-        .body(common::full(Bytes::from(case.body.clone())))
-        .unwrap();
+    let req = req.body(full(Bytes::from(case.body.clone()))).unwrap();
     let response = tokio::time::timeout(IO_LIMIT, sender.send_request(req))
         .await
         .expect("the gateway answers in time")
@@ -1387,14 +1369,14 @@ async fn the_authenticated_token_is_the_only_credential_the_homeserver_sees() {
     let started = Instant::now();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let upstream = homeserver(seen.clone()).await;
-    let gate = common::GateBuilder::new()
+    let gate = GateBuilder::new()
         .log(r#"format = "json""#)
         .rest(&format!(
             "[[auth.static]]\ntoken_sha256 = \"{}\"\nuser_id = \"@carol:example.org\"\nscopes = [\"urn:matrix:client:api:*\"]",
-            common::sha256_hex(CAROL_TOKEN)
+            sha256_hex(CAROL_TOKEN)
         ))
         .rest("[auth.rate_limit]\nburst = 100000\nper_minute = 100000")
-        .start(upstream)
+        .start(upstream.addr)
         .await;
 
     let cases = corpus();
@@ -1412,12 +1394,14 @@ async fn the_authenticated_token_is_the_only_credential_the_homeserver_sees() {
         .iter()
         .filter(|o| !matches!(o, Observed::Other(..)))
         .count();
+    // (A missing line is reported per case below.)
     let deadline = Instant::now() + Duration::from_secs(5);
     let lines = loop {
         let lines = access_lines(&gate.logs());
         if lines.len() >= answered || Instant::now() > deadline {
             break lines;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut lines = lines.into_iter();
 
@@ -1426,7 +1410,7 @@ async fn the_authenticated_token_is_the_only_credential_the_homeserver_sees() {
         by_case.entry(s.case).or_default().push(s.clone());
     }
 
-    // `CREDENTIALS_VERBOSE=1 cargo test --test credentials -- --nocapture`
+    // `CREDENTIALS_VERBOSE=1 cargo test --test it credentials:: -- --nocapture`
     // prints every case with what each side did.
     let verbose = std::env::var_os("CREDENTIALS_VERBOSE").is_some();
     let mut bypasses = Vec::new();

@@ -1,14 +1,11 @@
 //! The introspection relay: the homeserver asks scopegate, which answers from
 //! the gateway's own cache and validators.
 
-mod auth_common;
-mod common;
-
 use std::net::SocketAddr;
 
-use auth_common::{mas_access_token, mas_stub, Stub};
-use common::*;
 use http::{Request, StatusCode};
+
+use crate::support::*;
 
 const SECRET: &str = "relay-shared-secret-0123456789";
 
@@ -21,11 +18,12 @@ struct Setup {
 async fn setup(provider: Stub, relay_extra: &str, cache_extra: &str) -> Setup {
     let relay = free_port();
     let gate = GateBuilder::new()
+        .rest(&introspection_config(
+            &provider,
+            &format!("negative_ttl_s = 5\n{cache_extra}"),
+        ))
         .rest(&format!(
-            "[auth.introspection]\nenabled = true\nendpoint = \"{url}/oauth2/introspect\"\n\
-             auth_method = \"bearer\"\nclient_secret = \"s3cret\"\n\n[cache]\nnegative_ttl_s = 5\n{cache_extra}\n\n\
-             [relay]\nlisten = \"{relay}\"\nsecret = \"{SECRET}\"\n{relay_extra}\n",
-            url = provider.url
+            "[relay]\nlisten = \"{relay}\"\nsecret = \"{SECRET}\"\n{relay_extra}\n"
         ))
         .start(ok_stub().await)
         .await;
@@ -163,18 +161,16 @@ async fn a_logout_seen_by_the_gateway_is_inactive_at_the_relay() {
 
 /// A provider that vouches for narrow tokens.
 async fn narrow_provider() -> Stub {
-    Stub::start(|req| {
-        let token = req.form().get("token").cloned().unwrap_or_default();
+    introspection_stub(|token| {
         let scope = if token.ends_with("openid") {
             "openid"
         } else {
             "org.matrix.msc2762.timeline:!a:example.org org.matrix.msc2762.send.event:m.room.message"
         };
-        let body = serde_json::json!({
+        serde_json::json!({
             "active": true, "scope": scope, "username": "widget", "sub": "w",
             "client_id": "widget-host", "expires_in": 300,
-        });
-        (StatusCode::OK, body.to_string())
+        })
     })
     .await
 }
@@ -255,10 +251,7 @@ async fn revoked_jwts_stay_refused_until_they_expire() {
         ))
         .start(ok_stub().await)
         .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = unix_now();
     // Issued a few seconds ago, as a session's token is; valid ten minutes.
     let jwt = |user: &str, iat: u64| {
         issuer.sign(

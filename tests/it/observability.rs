@@ -1,8 +1,6 @@
 //! Metrics move with traffic, and no token ever reaches the logs.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 
 fn counter(metrics: &str, decision: &str) -> u64 {
     metrics
@@ -68,11 +66,11 @@ async fn metrics_count_decisions_and_logs_hold_no_token() {
     assert!(after.contains("scopegate_connections_open"));
     assert!(after.contains("scopegate_requests_in_flight 0"));
 
-    let logs = gate.logs();
-    assert!(
-        logs.matches("scopegate::access").count() >= 7,
-        "one access line per request:\n{logs}"
-    );
+    let logs = gate
+        .wait_log("access line per request", |logs| {
+            logs.matches("scopegate::access").count() >= 7
+        })
+        .await;
     for secret in [FULL_TOKEN, unknown, DEVICE_ONLY_TOKEN] {
         assert!(
             !logs.contains(secret),
@@ -116,7 +114,9 @@ async fn json_logs_are_one_object_per_line() {
         Some(FULL_TOKEN),
     )
     .await;
-    let logs = gate.logs();
+    let logs = gate
+        .wait_log("access line", |logs| logs.contains("scopegate::access"))
+        .await;
     let access: Vec<serde_json::Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -145,8 +145,7 @@ async fn access_log_can_be_turned_off() {
     )
     .await;
     assert_eq!(parts.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let logs = gate.logs();
+    let logs = gate.logs_flushed().await;
     assert!(logs.contains("scopegate listening"), "{logs}");
     assert!(!logs.contains("scopegate::access"), "{logs}");
 }

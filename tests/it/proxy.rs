@@ -1,49 +1,29 @@
 //! The gateway as a proxy: what reaches the upstream, what comes back, and
 //! what is refused before anything is forwarded.
 
-mod common;
-
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use http::Request;
-use http_body_util::BodyExt;
 
-type Seen = Arc<Mutex<Vec<(http::request::Parts, bytes::Bytes)>>>;
+use crate::support::*;
 
-/// A stub that records every request and answers with a recognisable response.
-async fn recording_stub() -> (std::net::SocketAddr, Seen) {
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let addr = stub(move |req| {
-        let log = log.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
-            // The gateway's readiness probe is not a client request.
-            if parts.uri.path() != "/_matrix/client/versions" {
-                log.lock().unwrap().push((parts, body));
-            }
-            http::Response::builder()
-                .status(201)
-                .header("content-type", "application/json")
-                .header("x-upstream", "yes")
-                .header("connection", "x-hop")
-                .header("x-hop", "drop-me")
-                .header("keep-alive", "timeout=5")
-                .body(full(r#"{"event_id":"$abc"}"#))
-                .unwrap()
-        }
+/// A homeserver that records every client request and answers with a
+/// recognisable response.
+async fn recording_stub() -> Stub {
+    Stub::homeserver(|_| {
+        Reply::json(201, r#"{"event_id":"$abc"}"#)
+            .header("x-upstream", "yes")
+            .header("connection", "x-hop")
+            .header("x-hop", "drop-me")
+            .header("keep-alive", "timeout=5")
     })
-    .await;
-    (addr, seen)
+    .await
 }
 
 #[tokio::test]
 async fn allowed_request_reaches_upstream_intact() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     let path =
         "/_matrix/client/v3/rooms/%21room%3Aexample.org/send/m.room.message/t%2F1?ts=1&x=%20y";
     let req = Request::put(path)
@@ -71,15 +51,15 @@ async fn allowed_request_reaches_upstream_intact() {
     assert!(!parts.headers.contains_key("keep-alive"));
     assert_eq!(&body[..], br#"{"event_id":"$abc"}"#);
 
-    let seen = seen.lock().unwrap();
-    let (req, body) = &seen[0];
+    let seen = upstream.requests();
+    let req = &seen[0];
     assert_eq!(req.method, "PUT");
     assert_eq!(
         req.uri.to_string(),
         path,
         "raw path and query forwarded byte for byte"
     );
-    assert_eq!(&body[..], br#"{"body":"hello"}"#);
+    assert_eq!(&req.body[..], br#"{"body":"hello"}"#);
     assert_eq!(req.headers["host"], "matrix.example.org");
     assert_eq!(req.headers["x-custom"], "kept");
     assert_eq!(req.headers["authorization"], format!("Bearer {FULL_TOKEN}"));
@@ -95,8 +75,8 @@ async fn allowed_request_reaches_upstream_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_is_not_visible_ascii_is_not_repeated_as_forwarded_host() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     let mut request =
         b"GET /_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: matrix.\xe9xample.org\r\n"
             .to_vec();
@@ -104,16 +84,16 @@ async fn a_host_that_is_not_visible_ascii_is_not_repeated_as_forwarded_host() {
     request.extend(b"X-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n");
     let response = raw(gate.addr, &request, Duration::from_secs(5));
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
-    let seen = seen.lock().unwrap();
-    assert!(!seen[0].0.headers.contains_key("x-forwarded-host"));
+    let seen = upstream.requests();
+    assert!(!seen[0].headers.contains_key("x-forwarded-host"));
 }
 
 #[tokio::test]
 async fn trusted_proxy_forwarding_headers_are_kept() {
-    let (upstream, seen) = recording_stub().await;
+    let upstream = recording_stub().await;
     let gate = GateBuilder::new()
         .server(r#"trusted_proxies = ["127.0.0.0/8"]"#)
-        .start(upstream)
+        .start(upstream.addr)
         .await;
     let req = Request::get("/_matrix/client/v3/account/whoami")
         .header("host", "gw.internal")
@@ -124,8 +104,8 @@ async fn trusted_proxy_forwarding_headers_are_kept() {
         .body(full(""))
         .unwrap();
     send(gate.addr, req).await;
-    let seen = seen.lock().unwrap();
-    let headers = &seen[0].0.headers;
+    let seen = upstream.requests();
+    let headers = &seen[0].headers;
     assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "https");
     assert_eq!(headers["x-forwarded-host"], "matrix.example.org");
@@ -133,10 +113,10 @@ async fn trusted_proxy_forwarding_headers_are_kept() {
 
 #[tokio::test]
 async fn configured_host_replaces_the_clients() {
-    let (upstream, seen) = recording_stub().await;
+    let upstream = recording_stub().await;
     let gate = GateBuilder::new()
         .upstream(r#"host = "synapse.internal""#)
-        .start(upstream)
+        .start(upstream.addr)
         .await;
     get(
         gate.addr,
@@ -144,10 +124,7 @@ async fn configured_host_replaces_the_clients() {
         Some(FULL_TOKEN),
     )
     .await;
-    assert_eq!(
-        seen.lock().unwrap()[0].0.headers["host"],
-        "synapse.internal"
-    );
+    assert_eq!(upstream.requests()[0].headers["host"], "synapse.internal");
 }
 
 fn assert_matrix_error(parts: &http::response::Parts, body: &[u8], status: u16, errcode: &str) {
@@ -162,8 +139,8 @@ fn assert_matrix_error(parts: &http::response::Parts, body: &[u8], status: u16, 
 
 #[tokio::test]
 async fn token_refusals_are_matrix_errors_with_cors() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     let path = "/_matrix/client/v3/account/whoami";
 
     let (parts, body) = get(gate.addr, path, None).await;
@@ -189,7 +166,7 @@ async fn token_refusals_are_matrix_errors_with_cors() {
     );
 
     assert!(
-        seen.lock().unwrap().is_empty(),
+        upstream.requests().is_empty(),
         "no refused request was forwarded"
     );
 
@@ -205,8 +182,8 @@ async fn token_refusals_are_matrix_errors_with_cors() {
 
 #[tokio::test]
 async fn cors_preflight_passes_without_token() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     let req = Request::options("/_matrix/client/v3/account/whoami")
         .header("origin", "https://app.example")
         .header("access-control-request-method", "GET")
@@ -215,13 +192,13 @@ async fn cors_preflight_passes_without_token() {
         .unwrap();
     let (parts, _) = send(gate.addr, req).await;
     assert_eq!(parts.status, 201, "answered by the upstream");
-    assert_eq!(seen.lock().unwrap()[0].0.method, "OPTIONS");
+    assert_eq!(upstream.requests()[0].method, "OPTIONS");
 }
 
 #[tokio::test]
 async fn ambiguous_targets_are_refused_before_forwarding() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     let targets: &[&[u8]] = &[
         b"/_matrix/client/v3/../../admin",
         b"/_matrix/client/v3/%2e%2e/%2E%2E/_synapse/admin/v1/users",
@@ -250,13 +227,13 @@ async fn ambiguous_targets_are_refused_before_forwarding() {
             assert!(response.contains("\"errcode\""), "{response}");
         }
     }
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(upstream.requests().is_empty());
 }
 
 #[tokio::test]
 async fn http2_prior_knowledge_on_cleartext() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -272,20 +249,20 @@ async fn http2_prior_knowledge_on_cleartext() {
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 201);
-    let seen = seen.lock().unwrap();
+    let seen = upstream.requests();
     assert_eq!(
-        seen[0].0.headers["host"], "matrix.example.org",
+        seen[0].headers["host"], "matrix.example.org",
         "authority becomes Host upstream"
     );
-    assert_eq!(seen[0].0.uri, "/_matrix/client/v3/account/whoami");
+    assert_eq!(seen[0].uri, "/_matrix/client/v3/account/whoami");
 }
 
 /// A request framed by both `Content-Length` and `Transfer-Encoding` is
 /// refused, in either header order, and nothing smuggled behind it is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_is_refused() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     for (first, second) in [
         ("Content-Length: 4", "Transfer-Encoding: chunked"),
         ("Transfer-Encoding: chunked", "Content-Length: 4"),
@@ -303,15 +280,15 @@ async fn content_length_with_transfer_encoding_is_refused() {
         );
         assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}");
     }
-    assert!(seen.lock().unwrap().is_empty(), "nothing was forwarded");
+    assert!(upstream.requests().is_empty(), "nothing was forwarded");
 }
 
 /// Heads hyper refuses before the gateway sees a request still answer with
 /// a Matrix error a client can read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_the_parser_refuses_get_a_matrix_error() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     for head in [
         "Content-Length: 1\r\nContent-Length: 2",
         "Transfer-Encoding: gzip",
@@ -328,7 +305,7 @@ async fn heads_the_parser_refuses_get_a_matrix_error() {
             "{head}: {response}"
         );
     }
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(upstream.requests().is_empty());
 }
 
 /// A body that looks like hyper's own refusal is a body: only a head hyper
@@ -358,8 +335,8 @@ async fn a_body_shaped_like_a_refusal_passes_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_requests_still_pass() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await;
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await;
     // Keep-alive: a first request whose body ends without a line break, then
     // a chunked one on the same connection.
     let request = format!(
@@ -371,15 +348,15 @@ async fn chunked_requests_still_pass() {
     );
     let response = raw(gate.addr, request.as_bytes(), Duration::from_secs(5));
     assert_eq!(response.matches("HTTP/1.1 201").count(), 2, "{response}");
-    let seen = seen.lock().unwrap();
+    let seen = upstream.requests();
     assert_eq!(seen.len(), 2);
-    assert_eq!(&seen[1].1[..], b"hello");
+    assert_eq!(&seen[1].body[..], b"hello");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused() {
-    let (upstream, seen) = recording_stub().await;
-    let gate = Gate::start(upstream).await; // max_header_bytes = 64 KiB
+    let upstream = recording_stub().await;
+    let gate = Gate::start(upstream.addr).await; // max_header_bytes = 64 KiB
     for pad in [70_000, 200_000] {
         let request = format!(
             "GET /_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: x\r\n\
@@ -393,5 +370,5 @@ async fn oversized_headers_are_refused() {
             &response[..response.len().min(200)]
         );
     }
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(upstream.requests().is_empty());
 }

@@ -1,23 +1,14 @@
 //! Revocation by token and by user, and forgetting the whole cache.
 
-mod auth_common;
-
-use auth_common::{build, introspection_settings, mas_access_token, Stub};
-use http::StatusCode;
 use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
+
+use crate::support::{build, introspection_settings, introspection_stub, mas_access_token, Stub};
 
 /// Tokens ending in `B` belong to bob, the rest to alice; always active.
 async fn provider() -> Stub {
-    Stub::start(|req| {
-        let user = if req.form()["token"].ends_with('B') {
-            "bob"
-        } else {
-            "alice"
-        };
-        (
-            StatusCode::OK,
-            format!(r#"{{"active":true,"username":"{user}","scope":"urn:matrix:client:api:*"}}"#),
-        )
+    introspection_stub(|token| {
+        let user = if token.ends_with('B') { "bob" } else { "alice" };
+        serde_json::json!({"active": true, "username": user, "scope": "urn:matrix:client:api:*"})
     })
     .await
 }

@@ -118,7 +118,7 @@ async fn concurrent_misses_for_one_valid_token_are_not_limited() {
     };
     let auth = Arc::new(build(&settings, &CacheConfig::default()));
     let client: IpAddr = "203.0.113.9".parse().unwrap();
-    let token = auth_common::mas_access_token();
+    let token = crate::support::mas_access_token();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let (auth, token) = (auth.clone(), token.clone());

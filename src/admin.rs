@@ -14,10 +14,14 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gate::Gateway;
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::proxy::upstream::Upstream;
 
 pub struct Admin {
-    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Arc<Upstream>,
+    pub auth: Arc<Authenticator>,
     /// How recently the upstream must have answered for `/readyz`.
     pub readiness_window: Duration,
 }
@@ -35,12 +39,12 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::POST, "/cache/evict") => self.evict(req).await,
             (&Method::GET, "/metrics") => {
-                let body = self.gateway.metrics.render();
+                let body = self.metrics.render();
                 text(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::GET, "/readyz") => {
-                if self.gateway.upstream().seen_within(self.readiness_window) {
+                if self.upstream.seen_within(self.readiness_window) {
                     text(StatusCode::OK, "text/plain", "ready\n")
                 } else {
                     text(
@@ -79,7 +83,7 @@ impl Admin {
                 )
             }
         };
-        let auth = self.gateway.authenticator();
+        let auth = &self.auth;
         let evicted = match serde_json::from_slice::<Eviction>(&body) {
             Ok(Eviction { token: Some(token), user_id: None, all: false }) => {
                 auth.revoke_token(&token, None).await;
@@ -123,13 +127,13 @@ fn text(
 
 /// Keeps readiness current while traffic is quiet.
 pub async fn probe_upstream(
-    gateway: Arc<Gateway>,
+    upstream: Arc<Upstream>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        if !gateway.upstream().seen_within(every) {
-            gateway.upstream().probe().await;
+        if !upstream.seen_within(every) {
+            upstream.probe().await;
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

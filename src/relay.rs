@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -27,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 
 use crate::auth::http_client::HttpClient;
-use crate::auth::{AuthError, Identity, Secret};
-use crate::gate::Gateway;
+use crate::auth::{AuthError, Authenticator, Identity, Secret};
+use crate::scopes::RuleSet;
 use crate::scopes::FULL_ACCESS;
 
 const UNSTABLE_FULL_ACCESS: &str = "urn:matrix:org.matrix.msc2967.client:api:*";
@@ -70,7 +71,9 @@ impl RelayConfig {
 }
 
 pub struct Relay {
-    gateway: Arc<Gateway>,
+    auth: Arc<Authenticator>,
+    /// The rules serving now, swapped with the gateway's on reload.
+    rules: Arc<ArcSwap<RuleSet>>,
     secret: Vec<u8>,
     server_name: String,
     public_url: String,
@@ -92,7 +95,8 @@ impl Relay {
         secret: Vec<u8>,
         server_name: &str,
         issuer: Option<&str>,
-        gateway: Arc<Gateway>,
+        auth: Arc<Authenticator>,
+        rules: Arc<ArcSwap<RuleSet>>,
         registry: &Registry,
     ) -> Result<Relay, String> {
         let discovery = issuer
@@ -123,7 +127,9 @@ impl Relay {
             .and_then(|_| registry.register(Box::new(saved.clone())))
             .map_err(|e| format!("relay metrics: {e}"))?;
         Ok(Relay {
-            gateway,
+            http: auth.http_client(),
+            auth,
+            rules,
             secret,
             server_name: server_name.to_string(),
             public_url: cfg
@@ -134,7 +140,6 @@ impl Relay {
                 .to_string(),
             widen: cfg.widen_restricted_tokens,
             discovery,
-            http: HttpClient::new(),
             cached_discovery: Mutex::new(None),
             metrics: RelayMetrics { requests, saved },
         })
@@ -180,7 +185,7 @@ impl Relay {
             self.count("bad_request");
             return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
         };
-        let (result, answered_locally) = self.gateway.authenticator().lookup(&token).await;
+        let (result, answered_locally) = self.auth.lookup(&token).await;
         let answer = match result {
             Ok(identity) => self.active(&identity),
             Err(AuthError::Invalid { .. }) => None,
@@ -220,7 +225,7 @@ impl Relay {
         let mut scopes: Vec<&str> = identity.scopes.iter().collect();
         if !identity.scopes.has_full_access()
             && self.widen
-            && self.gateway.rules_recognise(&identity.scopes)
+            && self.rules.load().recognises(&identity.scopes)
         {
             scopes.push(FULL_ACCESS);
         }

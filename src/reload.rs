@@ -9,17 +9,21 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::gate::Gateway;
+use prometheus::IntCounterVec;
+
 use crate::scopes::RuleSet;
 
 /// How often the rule file's modification time is looked at. Polling, not
 /// inotify: it also sees Kubernetes ConfigMap updates, which swap a symlink.
 const POLL: Duration = Duration::from_secs(2);
 
+/// Loads new rules with `load` and hands them to `install`; counts each
+/// attempt in `reloads` by result.
 pub async fn watch_rules(
-    gateway: Arc<Gateway>,
     file: Option<PathBuf>,
     load: impl Fn() -> Result<RuleSet, String> + Send + 'static,
+    install: impl Fn(Arc<RuleSet>) + Send + 'static,
+    reloads: IntCounterVec,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -47,20 +51,12 @@ pub async fn watch_rules(
         }
         match load() {
             Ok(rules) => {
-                gateway.swap_rules(rules);
-                gateway
-                    .metrics
-                    .rule_reloads
-                    .with_label_values(&["ok"])
-                    .inc();
+                install(Arc::new(rules));
+                reloads.with_label_values(&["ok"]).inc();
                 tracing::info!("rules reloaded");
             }
             Err(e) => {
-                gateway
-                    .metrics
-                    .rule_reloads
-                    .with_label_values(&["error"])
-                    .inc();
+                reloads.with_label_values(&["error"]).inc();
                 tracing::error!("rules not reloaded, the previous rules keep serving: {e}");
             }
         }

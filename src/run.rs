@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -25,7 +26,10 @@ use crate::server::{self, Limits};
 pub struct Prepared {
     pub config: Config,
     pub gateway: Arc<Gateway>,
-    relay: Option<Arc<Relay>>,
+    auth: Arc<Authenticator>,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+    relay: Option<(Arc<Relay>, Arc<ArcSwap<RuleSet>>)>,
     /// What the rule check found worth saying, though not fatal.
     pub warnings: Vec<String>,
     tls: Option<TlsAcceptor>,
@@ -35,13 +39,14 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
     let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
     let (rules, mut warnings) = load_rules(rules_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
-    let auth = Authenticator::from_config(
+    let auth = Arc::new(Authenticator::from_config(
         &config.auth,
         &config.cache,
         &config.upstream.url.0,
         &metrics.registry,
-    )?;
-    let upstream = Upstream::new(&upstream_settings(&config))?;
+    )?);
+    let upstream = Arc::new(Upstream::new(&upstream_settings(&config))?);
+    let rules = Arc::new(rules);
     let settings = Settings {
         max_path_bytes: config.server.max_path_bytes,
         max_header_bytes: config.server.max_header_bytes,
@@ -55,8 +60,13 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         )?),
         _ => None,
     };
-    let registry = metrics.registry.clone();
-    let gateway = Arc::new(Gateway::new(rules, auth, upstream, settings, metrics));
+    let gateway = Arc::new(Gateway::new(
+        rules.clone(),
+        auth.clone(),
+        upstream.clone(),
+        settings,
+        metrics.clone(),
+    ));
     let relay = match &config.relay {
         None => None,
         Some(relay) => {
@@ -69,19 +79,25 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
                 ));
             }
             let secret = relay.secret(&config.base_dir)?;
-            Some(Arc::new(Relay::new(
+            let relay_rules = Arc::new(ArcSwap::new(rules));
+            let relay = Relay::new(
                 relay,
                 secret,
                 &config.auth.server_name,
                 config.auth.issuer.as_deref(),
-                gateway.clone(),
-                &registry,
-            )?))
+                auth.clone(),
+                relay_rules.clone(),
+                &metrics.registry,
+            )?;
+            Some((Arc::new(relay), relay_rules))
         }
     };
     Ok(Prepared {
         config,
         gateway,
+        auth,
+        upstream,
+        metrics,
         relay,
         warnings,
         tls,
@@ -130,6 +146,9 @@ pub async fn serve(
     let Prepared {
         config,
         gateway,
+        auth,
+        upstream,
+        metrics,
         relay,
         warnings,
         tls,
@@ -167,23 +186,36 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let probe_every = Duration::from_secs(config.upstream.probe_interval_s.max(1));
     let admin = Arc::new(Admin {
-        gateway: gateway.clone(),
+        metrics: metrics.clone(),
+        upstream: upstream.clone(),
+        auth,
         readiness_window: probe_every * 3,
     });
     tokio::spawn(admin.serve(admin_listener, stop_rx.clone()));
-    if let (Some(relay), Some(listener)) = (relay, relay_listener) {
-        tokio::spawn(relay.serve(listener, stop_rx.clone()));
-    }
+    let relay_rules = match (relay, relay_listener) {
+        (Some((relay, rules)), Some(listener)) => {
+            tokio::spawn(relay.serve(listener, stop_rx.clone()));
+            Some(rules)
+        }
+        _ => None,
+    };
     tokio::spawn(admin::probe_upstream(
-        gateway.clone(),
+        upstream,
         probe_every,
         stop_rx.clone(),
     ));
     let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
+    let serving = gateway.clone();
     tokio::spawn(reload::watch_rules(
-        gateway.clone(),
         rules_file.clone(),
         move || load_rules(rules_file.as_deref()).map(|(rules, _)| rules),
+        move |rules| {
+            if let Some(relay_rules) = &relay_rules {
+                relay_rules.store(rules.clone());
+            }
+            serving.swap_rules(rules);
+        },
+        metrics.rule_reloads.clone(),
         stop_rx.clone(),
     ));
     tokio::spawn(async move {

@@ -53,14 +53,7 @@ impl fmt::Display for FetchError {
 
 impl HttpClient {
     pub(crate) fn new() -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            tracing::warn!(
-                "no system CA certificates found: https calls to the identity provider will fail"
-            );
-        }
+        let roots = crate::proxy::roots::system_roots("the identity provider");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -89,6 +89,8 @@ pub struct Authenticator {
     revocations: Arc<Revocations>,
     limiter: InvalidTokenLimiter,
     metrics: Arc<AuthMetrics>,
+    /// The pooled client every call to the provider goes through.
+    http: HttpClient,
 }
 
 /// A validator and the cache profile of what it vouches for.
@@ -189,7 +191,14 @@ impl Authenticator {
             revocations,
             limiter,
             metrics,
+            http,
         })
+    }
+
+    /// The client for the provider, to share its connections (the relay's
+    /// discovery calls).
+    pub(crate) fn http_client(&self) -> HttpClient {
+        self.http.clone()
     }
 
     /// Validates `token` for a caller not subject to the invalid-token limit

@@ -74,7 +74,7 @@ pub struct Settings {
 
 /// The rules serving now, and the metrics of their routes.
 struct Serving {
-    rules: RuleSet,
+    rules: Arc<RuleSet>,
     /// Per rule, the handles a forwarded request records into, found by
     /// label on first use rather than on every request.
     forwarded: Box<[OnceLock<RouteMetrics>]>,
@@ -86,7 +86,7 @@ struct RouteMetrics {
 }
 
 impl Serving {
-    fn new(rules: RuleSet) -> Self {
+    fn new(rules: Arc<RuleSet>) -> Self {
         let forwarded = (0..rules.rule_count()).map(|_| OnceLock::new()).collect();
         Serving { rules, forwarded }
     }
@@ -103,8 +103,8 @@ impl Serving {
 
 pub struct Gateway {
     serving: ArcSwap<Serving>,
-    auth: Authenticator,
-    upstream: Upstream,
+    auth: Arc<Authenticator>,
+    upstream: Arc<Upstream>,
     settings: Settings,
     pub metrics: Arc<Metrics>,
     /// `gateway_latency` for each decision, looked up once rather than by
@@ -187,9 +187,9 @@ impl<'r> Outcome<'r> {
 
 impl Gateway {
     pub fn new(
-        rules: RuleSet,
-        auth: Authenticator,
-        upstream: Upstream,
+        rules: Arc<RuleSet>,
+        auth: Arc<Authenticator>,
+        upstream: Arc<Upstream>,
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -209,21 +209,8 @@ impl Gateway {
     }
 
     /// Replaces the rule set; requests in flight finish under the old one.
-    pub fn swap_rules(&self, rules: RuleSet) {
+    pub fn swap_rules(&self, rules: Arc<RuleSet>) {
         self.serving.store(Arc::new(Serving::new(rules)));
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
-    /// Whether the rules serving now recognise any of `scopes`.
-    pub fn rules_recognise(&self, scopes: &scopes::ScopeSet) -> bool {
-        self.serving.load().rules.recognises(scopes)
-    }
-
-    pub fn authenticator(&self) -> &Authenticator {
-        &self.auth
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<GateBody> {

@@ -4,4 +4,6 @@
 
 pub mod body;
 pub mod headers;
+mod pool;
+pub mod roots;
 pub mod upstream;

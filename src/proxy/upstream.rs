@@ -17,10 +17,10 @@ use std::error::Error as StdError;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Scheme};
@@ -33,10 +33,11 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tower_service::Service;
+
+use super::pool::Pool;
+use super::roots;
 
 /// What the upstream client needs; `run` takes it from `[upstream]`.
 #[derive(Debug, Clone)]
@@ -84,21 +85,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamSettings) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
-        }
-        if let Some(path) = &cfg.ca_file {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-            }
-        }
+        let roots = roots::root_store("the homeserver (upstream.url)", cfg.ca_file.as_deref())?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -277,109 +264,6 @@ fn is_timeout(e: &(dyn StdError + 'static)) -> bool {
         source = s.source();
     }
     false
-}
-
-/// Idle connections, ready for a request: the most recently used first.
-struct Pool {
-    idle: Mutex<Vec<Idle>>,
-    max_idle: usize,
-    idle_timeout: Duration,
-    reaper: AtomicBool,
-}
-
-struct Idle {
-    tx: SendRequest<UpstreamBody>,
-    since: Instant,
-}
-
-impl Pool {
-    fn new(max_idle: usize, idle_timeout: Duration) -> Self {
-        Pool {
-            idle: Mutex::new(Vec::new()),
-            max_idle,
-            idle_timeout,
-            reaper: AtomicBool::new(false),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
-        let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
-            // A connection the homeserver closed is no longer ready.
-            if entry.since.elapsed() < self.idle_timeout && entry.tx.is_ready() {
-                return Some(entry.tx);
-            }
-        }
-        None
-    }
-
-    /// A connection whose response has been read to the end: pooled once
-    /// hyper is ready to send on it again.
-    fn checkin(self: &Arc<Self>, mut tx: SendRequest<UpstreamBody>) {
-        if self.max_idle == 0 || tx.is_closed() {
-            return;
-        }
-        if tx.is_ready() {
-            self.put(tx);
-            return;
-        }
-        // hyper's connection task has not yet finished with the response
-        // (or is still sending a request body): pool it when it has.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let pool = Arc::downgrade(self);
-        runtime.spawn(async move {
-            if tx.ready().await.is_ok() {
-                if let Some(pool) = pool.upgrade() {
-                    pool.put(tx);
-                }
-            }
-        });
-    }
-
-    fn put(self: &Arc<Self>, tx: SendRequest<UpstreamBody>) {
-        {
-            let mut idle = self.lock();
-            if idle.len() >= self.max_idle {
-                return;
-            }
-            idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
-        }
-        if !self.reaper.swap(true, Ordering::Relaxed) {
-            let every =
-                (self.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(reap(Arc::downgrade(self), every));
-            }
-        }
-    }
-}
-
-/// Closes pooled connections idle for longer than the pool's timeout, and
-/// forgets those the homeserver closed; ends with the pool.
-async fn reap(pool: Weak<Pool>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let expired: Vec<Idle> = {
-            let mut idle = pool.lock();
-            let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|entry| {
-                entry.since.elapsed() < pool.idle_timeout && !entry.tx.is_closed()
-            });
-            *idle = keep;
-            expired
-        };
-        // Dropping a sender ends its connection; outside the lock.
-        drop(expired);
-    }
 }
 
 /// The upstream's response body, streamed as it arrives. Read to its end,
@@ -657,7 +541,7 @@ mod tests {
             assert_eq!(body.await.unwrap(), "ok");
         }
         let opened = stub.accepted.load(Ordering::SeqCst);
-        eventually("all connections pooled", || up.pool.lock().len() == opened).await;
+        eventually("all connections pooled", || up.pool.idle_count() == opened).await;
         for _ in 0..opened {
             assert_eq!(get_body(&up).await, "ok");
         }
@@ -684,7 +568,7 @@ mod tests {
             stub.closed.load(Ordering::SeqCst) == 1
         })
         .await;
-        assert!(up.pool.lock().is_empty());
+        assert_eq!(up.pool.idle_count(), 0);
         let _ = get(&up).await.expect("headers");
         assert_eq!(stub.accepted.load(Ordering::SeqCst), 2);
     }

@@ -17,8 +17,9 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput};
 use jsonwebtoken::Algorithm;
-use scopegate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
-use scopegate::auth::{Authenticator, CacheConfig};
+use scopegate::auth::Authenticator;
+use scopegate::config::CacheConfig;
+use scopegate::demo::issuer::{DemoIssuer, DEMO_AUDIENCE};
 use serde_json::json;
 use tokio::runtime::Runtime;
 

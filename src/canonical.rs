@@ -11,9 +11,6 @@ use std::fmt;
 use http::{Uri, Version};
 use memchr::memchr;
 
-/// Longer targets are refused before any matching work.
-pub const DEFAULT_MAX_PATH: usize = 8 * 1024;
-
 /// A request target that passed [`canonicalize`]: `path` is the raw,
 /// still-encoded path, split on raw `/` by the matcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +49,8 @@ impl fmt::Display for TargetError {
     }
 }
 
-/// Refuse what two parsers could read differently (design.md, phase 1).
+/// Refuse what two parsers could read differently: the pipeline's first phase
+/// (`gate/mod.rs`), before any rule sees the path.
 pub fn canonicalize(
     uri: &Uri,
     version: Version,
@@ -198,7 +196,7 @@ mod tests {
 
     fn check(target: &str) -> Result<Target<'static>, TargetError> {
         let uri: &'static Uri = Box::leak(Box::new(target.parse::<Uri>().unwrap()));
-        canonicalize(uri, Version::HTTP_11, DEFAULT_MAX_PATH)
+        canonicalize(uri, Version::HTTP_11, crate::config::DEFAULT_MAX_PATH_BYTES)
     }
 
     #[test]
@@ -275,6 +273,6 @@ mod tests {
         let uri: Uri = "https://hs.example.org/_matrix/client/versions"
             .parse()
             .unwrap();
-        assert!(canonicalize(&uri, Version::HTTP_2, DEFAULT_MAX_PATH).is_ok());
+        assert!(canonicalize(&uri, Version::HTTP_2, crate::config::DEFAULT_MAX_PATH_BYTES).is_ok());
     }
 }

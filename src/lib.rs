@@ -19,7 +19,7 @@ pub mod server;
 
 /// An error with its causes, `outer: inner: …`: hyper-util's own message is
 /// only "client error (Connect)", the cause is what an operator can act on.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

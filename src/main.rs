@@ -89,7 +89,7 @@ fn run_gateway(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(&e);
             return ExitCode::from(2);
         }
     };
@@ -98,7 +98,7 @@ fn run_gateway(path: &std::path::Path) -> ExitCode {
     let prepared = match run::prepare(config) {
         Ok(prepared) => prepared,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(&e);
             return ExitCode::from(2);
         }
     };
@@ -106,15 +106,22 @@ fn run_gateway(path: &std::path::Path) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }
 }
 
+/// One `error:` line per mistake, each with its causes.
+fn report(e: &dyn std::error::Error) {
+    for line in scopegate::error_chain(e).lines() {
+        eprintln!("error: {line}");
+    }
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     let prepared = Config::load(path)
-        .map_err(|e| e.to_string())
+        .map_err(run::StartError::from)
         .and_then(|config| {
             // Building the pipeline checks the rule set, TLS files and upstream.
             let _guard = runtime(Some(1)).enter();
@@ -129,14 +136,15 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }
 }
 
 fn explain(config: &std::path::Path, args: &ExplainArgs) -> ExitCode {
-    use scopegate::canonical::{canonicalize, DEFAULT_MAX_PATH};
+    use scopegate::canonical::canonicalize;
+    use scopegate::config::DEFAULT_MAX_PATH_BYTES;
     use scopegate::scopes::{Ruling, ScopeSet};
 
     let rules_file = match &args.rules {
@@ -167,7 +175,7 @@ fn explain(config: &std::path::Path, args: &ExplainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let target = match canonicalize(&uri, http::Version::HTTP_11, DEFAULT_MAX_PATH) {
+    let target = match canonicalize(&uri, http::Version::HTTP_11, DEFAULT_MAX_PATH_BYTES) {
         Ok(target) => target,
         Err(e) => {
             println!("refused before routing: {e} (400)");

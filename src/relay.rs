@@ -10,8 +10,6 @@
 //! refused at the homeserver's next question, and narrow tokens the gateway
 //! enforces can be vouched for (`widen_restricted_tokens`).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,13 +20,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 
 use crate::auth::http_client::HttpClient;
-use crate::auth::{AuthError, Authenticator, Identity, Secret};
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::config::RelayConfig;
 use crate::scopes::RuleSet;
 use crate::scopes::FULL_ACCESS;
 
@@ -36,39 +34,6 @@ const UNSTABLE_FULL_ACCESS: &str = "urn:matrix:org.matrix.msc2967.client:api:*";
 const DEVICE_PREFIX: &str = "urn:matrix:client:device:";
 /// How long the provider's discovery document is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
-
-/// `[relay]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RelayConfig {
-    /// Never the public listener's address; loopback or a private network.
-    pub listen: SocketAddr,
-    /// Shared with the homeserver (Synapse: `matrix_authentication_service.secret`).
-    pub secret: Option<Secret>,
-    pub secret_file: Option<PathBuf>,
-    /// How the homeserver reaches the relay, for the discovery document.
-    pub public_url: Option<String>,
-    /// Report full access to the homeserver for tokens whose narrow scopes
-    /// the rule set recognises. Safe only when the homeserver's client API
-    /// is reachable through scopegate alone.
-    #[serde(default)]
-    pub widen_restricted_tokens: bool,
-}
-
-impl RelayConfig {
-    pub fn secret(&self, base_dir: &std::path::Path) -> Result<Vec<u8>, String> {
-        let file = self.secret_file.as_ref().map(|f| base_dir.join(f));
-        let secret = Secret::resolve(self.secret.as_ref(), file.as_ref(), "[relay] secret")?
-            .ok_or("[relay] needs secret or secret_file")?
-            .expose()
-            .as_bytes()
-            .to_vec();
-        if secret.len() < 16 {
-            return Err("[relay] secret: use at least 16 characters".into());
-        }
-        Ok(secret)
-    }
-}
 
 pub struct Relay {
     auth: Arc<Authenticator>,

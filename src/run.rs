@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Admin};
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::gate::{Gateway, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::upstream::{Upstream, UpstreamSettings};
@@ -20,6 +20,26 @@ use crate::relay::Relay;
 use crate::reload;
 use crate::scopes::RuleSet;
 use crate::server::{self, Limits};
+
+/// Why the gateway did not start. Each names the part of the config that
+/// failed; `main` prints the whole chain of causes.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("rules: {0}")]
+    Rules(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Upstream(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
+    Relay(String),
+    #[error(transparent)]
+    Listen(#[from] std::io::Error),
+}
 
 /// Everything `run` needs, built and checked before any socket is opened, so
 /// `scopegate check` and start-up report the same errors.
@@ -35,17 +55,21 @@ pub struct Prepared {
     tls: Option<TlsAcceptor>,
 }
 
-pub fn prepare(config: Config) -> Result<Prepared, String> {
+pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let rules_file = config.rules.file.as_ref().map(|f| config.resolve(f));
-    let (rules, mut warnings) = load_rules(rules_file.as_deref())?;
+    let (rules, mut warnings) = load_rules(rules_file.as_deref()).map_err(StartError::Rules)?;
     let metrics = Arc::new(Metrics::new());
-    let auth = Arc::new(Authenticator::from_config(
-        &config.auth,
-        &config.cache,
-        &config.upstream.url.0,
-        &metrics.registry,
-    )?);
-    let upstream = Arc::new(Upstream::new(&upstream_settings(&config))?);
+    let auth = Arc::new(
+        Authenticator::from_config(
+            &config.auth,
+            &config.cache,
+            &config.upstream.url.0,
+            &metrics.registry,
+        )
+        .map_err(StartError::Auth)?,
+    );
+    let upstream =
+        Arc::new(Upstream::new(&upstream_settings(&config)).map_err(StartError::Upstream)?);
     let rules = Arc::new(rules);
     let settings = Settings {
         max_path_bytes: config.server.max_path_bytes,
@@ -54,10 +78,10 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
         trusted_proxies: config.server.trusted_proxies.iter().map(|p| p.0).collect(),
     };
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(cert), Some(key)) => Some(server::tls_acceptor(
-            &config.resolve(cert),
-            &config.resolve(key),
-        )?),
+        (Some(cert), Some(key)) => Some(
+            server::tls_acceptor(&config.resolve(cert), &config.resolve(key))
+                .map_err(StartError::Tls)?,
+        ),
         _ => None,
     };
     let gateway = Arc::new(Gateway::new(
@@ -78,7 +102,7 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
                     config.upstream.url.0
                 ));
             }
-            let secret = relay.secret(&config.base_dir)?;
+            let secret = relay.secret(&config.base_dir).map_err(StartError::Relay)?;
             let relay_rules = Arc::new(ArcSwap::new(rules));
             let relay = Relay::new(
                 relay,
@@ -88,7 +112,8 @@ pub fn prepare(config: Config) -> Result<Prepared, String> {
                 auth.clone(),
                 relay_rules.clone(),
                 &metrics.registry,
-            )?;
+            )
+            .map_err(StartError::Relay)?;
             Some((Arc::new(relay), relay_rules))
         }
     };
@@ -142,7 +167,7 @@ pub async fn serve(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let Prepared {
         config,
         gateway,
@@ -156,23 +181,15 @@ pub async fn serve(
     for warning in &warnings {
         tracing::warn!("rules: {warning}");
     }
-    let public = server::bind(config.server.listen, "server.listen")
-        .await
-        .map_err(|e| e.to_string())?;
-    let admin_listener = server::bind(config.admin.listen, "admin.listen")
-        .await
-        .map_err(|e| e.to_string())?;
+    let public = server::bind(config.server.listen, "server.listen").await?;
+    let admin_listener = server::bind(config.admin.listen, "admin.listen").await?;
     let relay_listener = match &config.relay {
-        Some(relay) => Some(
-            server::bind(relay.listen, "relay.listen")
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
+        Some(relay) => Some(server::bind(relay.listen, "relay.listen").await?),
         None => None,
     };
     let bound = Bound {
-        public: public.local_addr().map_err(|e| e.to_string())?,
-        admin: admin_listener.local_addr().map_err(|e| e.to_string())?,
+        public: public.local_addr()?,
+        admin: admin_listener.local_addr()?,
     };
     tracing::info!(
         public = %bound.public,

@@ -21,7 +21,7 @@ SECTIONS = ("compare", "pinning", "longpoll", "flood")
 
 SKELETON = """# Performance
 
-Written by the load harness of issue 7: `benches/load/run.sh --help`.
+Written by the load harness: `benches/load/run.sh --help`.
 
 <!-- load:compare:begin -->
 <!-- load:compare:end -->
@@ -118,7 +118,7 @@ def targets(s):
     def ratio(cid, key):
         x = s.get(cid, {}).get(key)
         return None if x is None else f"{x:.2f}×"
-    lines = ["Against the targets of issue 7, from the ratios above:\n"]
+    lines = ["Against the project's targets, from the ratios above:\n"]
     a, nginx = s.get("sg_a"), s.get("nginx")
     if a and nginx:
         p99 = "≤" if a["p99"] <= nginx["p99"] else ">"
@@ -394,7 +394,7 @@ def longpoll(args):
         "\n*RSS after release* is read once every long-poll has been answered and its connection closed: "
         "what the process keeps of the memory those connections used.\n"
     )
-    out.append("Target (issue 7): 10 000 idle long-polls in ≤ 100 MB RSS.\n")
+    out.append("Target: 10 000 idle long-polls in ≤ 100 MB RSS.\n")
     text = "\n".join(out)
     print(text)
     if args.doc:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load harness of issue 7: scopegate side by side with nginx and HAProxy,
+# The load harness: scopegate side by side with nginx and HAProxy,
 # on loopback, with a realistic Matrix request mix. See docs/performance.md.
 #
 #   benches/load/run.sh [compare|longpoll|flood|all] [options]

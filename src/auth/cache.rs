@@ -22,9 +22,9 @@ use moka::future::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
-use super::config::CacheConfig;
-use super::static_table::TokenDigest;
 use super::{AuthError, Identity};
+use crate::config::CacheConfig;
+use crate::config::TokenDigest;
 
 /// Which validator, with which issuer or endpoint, judged a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

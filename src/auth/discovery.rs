@@ -9,8 +9,8 @@ use http::Uri;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::config::ProviderUrl;
 use super::http_client::HttpClient;
+use crate::config::ProviderUrl;
 
 /// A failed fetch is not retried sooner than this, whatever the traffic.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);

@@ -18,12 +18,12 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::cache::Verdict;
-use super::config::{ClientAuthMethod, ProviderUrl, Secret};
 use super::discovery::Discovery;
 use super::http_client::HttpClient;
 use super::metrics::AuthMetrics;
 use super::subject::{self, UserId};
 use super::{AuthError, Identity};
+use crate::config::{ClientAuthMethod, ProviderUrl, Secret};
 use crate::scopes::ScopeSet;
 
 const MAX_RESPONSE: usize = 64 * 1024;

@@ -22,10 +22,10 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::config::ProviderUrl;
 use super::discovery::Discovery;
 use super::http_client::HttpClient;
 use super::metrics::AuthMetrics;
+use crate::config::ProviderUrl;
 
 const MAX_JWKS: usize = 1024 * 1024;
 /// More keys than any provider publishes; bounds what a hostile document costs.

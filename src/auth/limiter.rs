@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use prometheus::{IntCounter, Registry};
 
-use super::config::RateLimitConfig;
+use crate::config::RateLimitConfig;
 
 pub struct InvalidTokenLimiter {
     buckets: Option<Buckets>,

@@ -7,9 +7,7 @@
 //! token's shape and the config choose (`decide`). docs/auth.md has the order.
 
 mod cache;
-pub mod config;
 mod decide;
-pub mod demo_issuer;
 mod discovery;
 pub mod extract;
 pub(crate) mod http_client;
@@ -29,16 +27,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::scopes::ScopeSet;
 
-pub use config::{
-    AuthSettings, CacheConfig, ClientAuthMethod, IntrospectionConfig, JwsAlgorithm, JwtConfig,
-    LegacyConfig, RateLimitConfig, RevocationConfig, Secret,
-};
 pub use limiter::InvalidTokenLimiter;
-pub use static_table::{StaticTable, StaticToken, TokenDigest};
+pub use static_table::StaticTable;
 pub use subject::{DeviceId, UserId};
 
+use crate::config::{provider_url, AuthSettings, CacheConfig, Secret, TokenDigest};
 use cache::{CacheKey, Cached, Profile, TokenCache, Verdict};
-use config::{provider_url, ProviderUrl};
 use decide::{Enabled, Route};
 use discovery::Discovery;
 use http_client::HttpClient;
@@ -110,17 +104,14 @@ impl Authenticator {
         upstream: &http::Uri,
         registry: &prometheus::Registry,
     ) -> Result<Authenticator, String> {
-        cache.validate()?;
-        cfg.rate_limit.validate()?;
-        if cfg.server_name.is_empty() {
-            return Err(
-                "[auth] server_name is required: bare user names become @name:server_name".into(),
-            );
-        }
+        // Checked with lines by `Config::load`; again here for callers that
+        // build from settings alone (the demo, tests).
+        cfg.problems().into_result()?;
+        cache.problems().into_result()?;
         let token_cache = TokenCache::new(cache);
         let metrics = Arc::new(AuthMetrics::new()?);
         let http = HttpClient::new();
-        let issuer = provider_url(cfg.issuer.as_deref(), "[auth] issuer")?;
+        let issuer = provider_url(cfg.issuer.as_deref())?;
         let discovery_timeout = Duration::from_millis(cfg.jwt.fetch_timeout_ms);
         let discovery = issuer
             .as_ref()
@@ -128,13 +119,7 @@ impl Authenticator {
             .transpose()?;
 
         let jwt = if cfg.jwt.enabled {
-            Some(build_jwt(
-                cfg,
-                issuer.as_ref(),
-                discovery.clone(),
-                &http,
-                &metrics,
-            )?)
+            Some(build_jwt(cfg, discovery.clone(), &http, &metrics)?)
         } else {
             None
         };
@@ -155,7 +140,10 @@ impl Authenticator {
                     upstream,
                     http.clone(),
                     Duration::from_millis(l.timeout_ms),
-                    ScopeSet::new(&l.scopes),
+                    match &l.scopes {
+                        Some(scopes) => ScopeSet::new(scopes),
+                        None => ScopeSet::new(&[crate::scopes::FULL_ACCESS.to_string()]),
+                    },
                 )?,
                 profile: Profile::new(&format!("legacy upstream={upstream}")),
             })
@@ -421,47 +409,21 @@ fn short_hash(token: &str) -> String {
 
 fn build_jwt(
     cfg: &AuthSettings,
-    issuer: Option<&ProviderUrl>,
     discovery: Option<Arc<Discovery>>,
     http: &HttpClient,
     metrics: &Arc<AuthMetrics>,
 ) -> Result<Validator<JwtValidator>, String> {
     let j = &cfg.jwt;
-    let (Some(issuer_str), Some(_)) = (cfg.issuer.as_deref(), issuer) else {
-        return Err("[auth.jwt] needs [auth] issuer: tokens are checked against it (iss)".into());
-    };
-    if j.audiences.is_empty() {
-        return Err(
-            "[auth.jwt] audiences must name the audience your issuer puts in access tokens (aud)"
-                .into(),
-        );
-    }
-    if j.algorithms.is_empty() {
-        return Err("[auth.jwt] algorithms is empty: no token could ever be accepted".into());
-    }
+    let issuer_str = cfg.issuer.as_deref().unwrap_or_default();
     let hmac_secret = Secret::resolve(
         j.hmac_secret.as_ref(),
         j.hmac_secret_file.as_ref(),
         "[auth.jwt] hmac_secret",
     )?;
-    match (j.has_hmac(), &hmac_secret) {
-        (true, None) => {
-            return Err(
-                "[auth.jwt] algorithms lists an HS* algorithm but no hmac_secret is set".into(),
-            )
-        }
-        (false, Some(_)) => {
-            return Err(
-                "[auth.jwt] hmac_secret is set but algorithms lists no HS* algorithm".into(),
-            )
-        }
-        _ => {}
-    }
-    let source = match provider_url(j.jwks_uri.as_deref(), "[auth.jwt] jwks_uri")? {
-        Some(uri) => JwksSource::Fixed(uri.0),
-        None => {
-            JwksSource::Discovered(discovery.ok_or("[auth.jwt] needs jwks_uri or [auth] issuer")?)
-        }
+    let source = match (provider_url(j.jwks_uri.as_deref())?, discovery) {
+        (Some(uri), _) => JwksSource::Fixed(uri.0),
+        (None, Some(discovery)) => JwksSource::Discovered(discovery),
+        (None, None) => return Err("[auth.jwt] needs jwks_uri or [auth] issuer".into()),
     };
     let keys = KeyStore::new(
         source,
@@ -510,22 +472,21 @@ fn build_introspection(
         "[auth.introspection] client_secret",
     )?;
     let auth = ClientAuth::new(i.auth_method, i.client_id.as_deref(), secret)?;
-    let (endpoint, described) =
-        match provider_url(i.endpoint.as_deref(), "[auth.introspection] endpoint")? {
-            Some(url) => {
-                let text = url.0.to_string();
-                (EndpointSource::Fixed(url.0), text)
-            }
-            None => (
-                EndpointSource::Discovered(
-                    discovery.ok_or("[auth.introspection] needs endpoint or [auth] issuer")?,
-                ),
-                format!(
-                    "discovered from {}",
-                    cfg.issuer.as_deref().unwrap_or_default()
-                ),
+    let (endpoint, described) = match provider_url(i.endpoint.as_deref())? {
+        Some(url) => {
+            let text = url.0.to_string();
+            (EndpointSource::Fixed(url.0), text)
+        }
+        None => (
+            EndpointSource::Discovered(
+                discovery.ok_or("[auth.introspection] needs endpoint or [auth] issuer")?,
             ),
-        };
+            format!(
+                "discovered from {}",
+                cfg.issuer.as_deref().unwrap_or_default()
+            ),
+        ),
+    };
     let profile = Profile::new(&format!("introspection endpoint={described}"));
     let inner = Introspector::new(
         endpoint,
@@ -542,6 +503,7 @@ fn build_introspection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{JwtConfig, RevocationConfig};
 
     fn build(cfg: &AuthSettings) -> Result<Authenticator, String> {
         Authenticator::from_config(

@@ -30,9 +30,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::config::RevocationConfig;
-use super::static_table::TokenDigest;
 use super::Identity;
+use crate::config::RevocationConfig;
+use crate::config::TokenDigest;
 
 pub(crate) struct Revocations {
     /// Bumped after every change to `state`.

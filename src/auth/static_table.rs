@@ -4,56 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
-
 use super::Identity;
+use crate::config::{StaticToken, TokenDigest};
 use crate::scopes::ScopeSet;
-
-/// One `[[auth.static]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StaticToken {
-    pub token_sha256: TokenDigest,
-    pub user_id: String,
-    #[serde(default)]
-    pub device_id: Option<String>,
-    pub scopes: Vec<String>,
-}
-
-/// A lowercase or uppercase hex SHA-256 digest of a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenDigest([u8; 32]);
-
-impl TokenDigest {
-    pub fn of(token: &str) -> Self {
-        TokenDigest(Sha256::digest(token.as_bytes()).into())
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for TokenDigest {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut digest = [0u8; 32];
-        hex::decode_to_slice(s, &mut digest).map_err(|_| {
-            "expected the 64 hex digits of the token's SHA-256 (e.g. `printf %s TOKEN | sha256sum`)"
-                .to_string()
-        })?;
-        Ok(TokenDigest(digest))
-    }
-}
-
-impl<'de> Deserialize<'de> for TokenDigest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 #[derive(Debug, Default)]
 pub struct StaticTable {

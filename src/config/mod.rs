@@ -1,6 +1,8 @@
-//! The gateway's own config file. Everything is validated while it is read,
-//! so a mistake is reported with the file, line and key at start-up (or by
-//! `scopegate check`) rather than discovered by the first request.
+//! The gateway's config file: every section's schema, and every check that
+//! needs no I/O. Everything is validated while it is read, so each mistake
+//! is reported with the file, line and key at start-up (all of them at once
+//! by `scopegate check`) rather than discovered by the first request. This
+//! module is a leaf: the runtime reads it, it reads nothing of the runtime.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -12,8 +14,18 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
-use crate::auth::{AuthSettings, CacheConfig};
-use crate::relay::RelayConfig;
+mod auth;
+mod relay;
+
+pub(crate) use auth::{provider_url, ProviderUrl};
+pub use auth::{
+    AuthSettings, CacheConfig, ClientAuthMethod, IntrospectionConfig, JwsAlgorithm, JwtConfig,
+    LegacyConfig, RateLimitConfig, RevocationConfig, Secret, StaticToken, TokenDigest,
+};
+pub use relay::RelayConfig;
+
+/// Request targets longer than this are refused (`[server] max_path_bytes`).
+pub const DEFAULT_MAX_PATH_BYTES: usize = 8 * 1024;
 
 /// Environment variables with this prefix override config keys:
 /// `SCOPEGATE__UPSTREAM__URL` sets `[upstream] url`.
@@ -146,7 +158,7 @@ mod defaults {
         30
     }
     pub fn max_path_bytes() -> usize {
-        crate::canonical::DEFAULT_MAX_PATH
+        super::DEFAULT_MAX_PATH_BYTES
     }
     pub fn yes() -> bool {
         true
@@ -253,21 +265,6 @@ impl FromStr for UpstreamUrl {
     }
 }
 
-/// A Matrix server name (spec appendix "Server name"): host with optional port.
-fn check_server_name(s: &str) -> Result<(), String> {
-    let valid = !s.is_empty()
-        && s.len() <= 255
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not a Matrix server name (a host name or IP literal, with an optional port)"
-        ))
-    }
-}
-
 /// An address or CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrustedProxy(pub IpNet);
@@ -297,20 +294,83 @@ macro_rules! deserialize_from_str {
 }
 deserialize_from_str!(UpstreamUrl, TrustedProxy);
 
-/// A config problem, located where possible.
+/// A mistake found after parsing, named by its section and key.
+#[derive(Debug)]
+pub struct Problem {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// The mistakes one check found.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub(crate) fn add(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        message: impl Into<String>,
+    ) {
+        self.0.push(Problem {
+            section,
+            key,
+            message: message.into(),
+        });
+    }
+
+    /// The first mistake, for callers that build from settings without a file.
+    pub fn into_result(self) -> Result<(), String> {
+        match self.0.into_iter().next() {
+            Some(p) => Err(p.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}: {}", self.section, self.key, self.message)
+    }
+}
+
+/// What is wrong with a config file: every mistake found, each with its
+/// line where one can be named.
 #[derive(Debug)]
 pub struct ConfigError {
     pub file: PathBuf,
+    pub mistakes: Vec<Located>,
+}
+
+/// One mistake and where it is.
+#[derive(Debug)]
+pub struct Located {
     pub line: Option<usize>,
     pub message: String,
 }
 
+impl ConfigError {
+    fn one(file: &Path, line: Option<usize>, message: String) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            mistakes: vec![Located { line, message }],
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
+        for (i, m) in self.mistakes.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            match m.line {
+                Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, m.message)?,
+                None => write!(f, "{}: {}", self.file.display(), m.message)?,
+            }
         }
+        Ok(())
     }
 }
 
@@ -319,10 +379,8 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads, overrides from the environment, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            message: format!("cannot read the config file: {e}"),
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(path, None, format!("cannot read the config file: {e}"))
         })?;
         Self::parse(&src, path, std::env::vars())
     }
@@ -332,11 +390,7 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let error = |line, message| ConfigError {
-            file: path.to_path_buf(),
-            line,
-            message,
-        };
+        let error = |line, message| ConfigError::one(path, line, message);
         let overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -367,51 +421,66 @@ impl Config {
             })?
         };
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        config
-            .validate()
-            .map_err(|(key, m)| error(find_key_line(src, key), format!("`{key}`: {m}")))?;
-        Ok(config)
+        let problems = config.problems();
+        if problems.0.is_empty() {
+            return Ok(config);
+        }
+        Err(ConfigError {
+            file: path.to_path_buf(),
+            mistakes: problems
+                .0
+                .into_iter()
+                .map(|p| Located {
+                    line: find_key_line(src, p.section, p.key),
+                    message: p.to_string(),
+                })
+                .collect(),
+        })
     }
 
-    /// Cross-field checks serde cannot express.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Every check serde cannot express that needs no I/O.
+    fn problems(&self) -> Problems {
+        let mut out = self.auth.problems();
+        out.0.extend(self.cache.problems().0);
         let s = &self.server;
         match (&s.tls_cert, &s.tls_key) {
-            (Some(_), None) => return Err(("tls_cert", "set tls_key too".into())),
-            (None, Some(_)) => return Err(("tls_key", "set tls_cert too".into())),
+            (Some(_), None) => out.add("server", "tls_cert", "set tls_key too"),
+            (None, Some(_)) => out.add("server", "tls_key", "set tls_cert too"),
             _ => {}
         }
         if s.max_header_bytes < 8192 {
-            return Err(("max_header_bytes", "must be at least 8192".into()));
+            out.add("server", "max_header_bytes", "must be at least 8192");
         }
         if s.max_connections == 0 {
-            return Err(("max_connections", "must be at least 1".into()));
+            out.add("server", "max_connections", "must be at least 1");
         }
         if s.header_read_timeout_ms == 0 {
-            return Err(("header_read_timeout_ms", "must be positive".into()));
-        }
-        if self.upstream.response_header_timeout_s == 0 {
-            return Err(("response_header_timeout_s", "must be positive".into()));
-        }
-        if self.admin.listen == s.listen {
-            return Err((
-                "listen",
-                "the admin listener must not share the public listener's address".into(),
-            ));
-        }
-        check_server_name(&self.auth.server_name).map_err(|e| ("server_name", e))?;
-        if let Some(relay) = &self.relay {
-            if relay.listen == s.listen || relay.listen == self.admin.listen {
-                return Err((
-                    "listen",
-                    "[relay] listen must differ from the public and admin listeners".into(),
-                ));
-            }
+            out.add("server", "header_read_timeout_ms", "must be positive");
         }
         if s.worker_threads == Some(0) {
-            return Err(("worker_threads", "must be at least 1".into()));
+            out.add("server", "worker_threads", "must be at least 1");
         }
-        Ok(())
+        if self.upstream.response_header_timeout_s == 0 {
+            out.add("upstream", "response_header_timeout_s", "must be positive");
+        }
+        if self.admin.listen == s.listen {
+            out.add(
+                "admin",
+                "listen",
+                "the admin listener must not share the public listener's address",
+            );
+        }
+        if let Some(relay) = &self.relay {
+            relay.problems(&mut out);
+            if relay.listen == s.listen || relay.listen == self.admin.listen {
+                out.add(
+                    "relay",
+                    "listen",
+                    "must differ from the public and admin listeners",
+                );
+            }
+        }
+        out
     }
 
     /// A path from the config, resolved against the config file's folder.
@@ -452,15 +521,33 @@ fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].matches('\n').count() + 1
 }
 
-/// The first line that assigns `key`, for errors found after parsing.
-fn find_key_line(src: &str, key: &str) -> Option<usize> {
-    src.lines()
-        .position(|l| {
-            l.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
+/// The line that assigns `key` in `[section]`, else the section's header,
+/// else the same key in the parent section (`[cache]` for a
+/// `[cache.revocations]` left to its defaults): for mistakes found after
+/// parsing.
+fn find_key_line(src: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = "";
+    let mut header = None;
+    for (i, line) in src.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            current = line.trim_matches(['[', ']']).trim();
+            if current == section && header.is_none() {
+                header = Some(i + 1);
+            }
+            continue;
+        }
+        let assigns = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if current == section && assigns {
+            return Some(i + 1);
+        }
+    }
+    header.or_else(|| {
+        let (parent, _) = section.rsplit_once('.')?;
+        find_key_line(src, parent, key)
+    })
 }
 
 #[cfg(test)]

@@ -32,24 +32,24 @@ fn minimal_config_takes_defaults() {
 fn unknown_key_names_its_line() {
     let src = MINIMAL.replace("[upstream]\n", "[upstream]\nurll = \"x\"\n");
     let e = parse(&src).unwrap_err();
-    assert_eq!(e.line, Some(6), "{e}");
+    assert_eq!(e.mistakes[0].line, Some(6), "{e}");
     assert!(e.to_string().contains("urll"), "{e}");
 }
 
 #[test]
 fn invalid_values_name_line_and_reason() {
     let e = parse(&MINIMAL.replace("http://127.0.0.1:8008", "ftp://x")).unwrap_err();
-    assert_eq!(e.line, Some(6));
-    assert!(e.message.contains("http:// or https://"), "{e}");
+    assert_eq!(e.mistakes[0].line, Some(6));
+    assert!(e.mistakes[0].message.contains("http:// or https://"), "{e}");
 
     let e = parse(&MINIMAL.replace("http://127.0.0.1:8008", "http://hs/base")).unwrap_err();
-    assert!(e.message.contains("path"), "{e}");
+    assert!(e.mistakes[0].message.contains("path"), "{e}");
 
     let e = parse(&MINIMAL.replace("example.org", "exa mple")).unwrap_err();
-    assert_eq!(e.line, Some(9));
+    assert_eq!(e.mistakes[0].line, Some(9));
 
     let e = parse(&MINIMAL.replace("127.0.0.1:8080", "localhost")).unwrap_err();
-    assert_eq!(e.line, Some(3));
+    assert_eq!(e.mistakes[0].line, Some(3));
 }
 
 #[test]
@@ -59,8 +59,8 @@ fn cross_field_errors_point_at_the_key() {
         "listen = \"127.0.0.1:8080\"\ntls_cert = \"cert.pem\"",
     );
     let e = parse(&src).unwrap_err();
-    assert_eq!(e.line, Some(4), "{e}");
-    assert!(e.message.contains("tls_key"));
+    assert_eq!(e.mistakes[0].line, Some(4), "{e}");
+    assert!(e.mistakes[0].message.contains("tls_key"));
 }
 
 #[test]
@@ -100,7 +100,9 @@ fn environment_overrides_keys() {
     )];
     let e = Config::parse(MINIMAL, Path::new("c.toml"), env).unwrap_err();
     assert!(
-        e.message.contains("SCOPEGATE__SERVER__MAX_CONNECTIONS"),
+        e.mistakes[0]
+            .message
+            .contains("SCOPEGATE__SERVER__MAX_CONNECTIONS"),
         "{e}"
     );
 }
@@ -114,5 +116,79 @@ fn static_tokens_hold_digests() {
     let c = parse(&src).unwrap();
     assert_eq!(c.auth.static_tokens.len(), 1);
     let e = parse(&src.replace("9f86", "zz86")).unwrap_err();
-    assert_eq!(e.line, Some(12), "{e}");
+    assert_eq!(e.mistakes[0].line, Some(12), "{e}");
+}
+
+/// Checks that once needed the network stack or a secret file to run
+/// (JWT, introspection, relay) are reported at load, all at once, each at
+/// the line of its key or of its section.
+#[test]
+fn every_mistake_is_reported_with_its_line() {
+    let src = format!(
+        "{MINIMAL}issuer = \"http://id.example.org\"\n\
+         \n[auth.jwt]\nenabled = true\nalgorithms = [\"HS256\"]\n\
+         \n[auth.introspection]\nenabled = true\nauth_method = \"client_secret_post\"\n\
+         client_secret = \"x\"\n\
+         \n[auth.rate_limit]\nburst = 0\n\
+         \n[cache]\nmax_ttl_s = 90000\n\
+         \n[relay]\nlisten = \"127.0.0.1:9090\"\nsecret = \"short\"\n"
+    );
+    let e = parse(&src).unwrap_err();
+    let found: Vec<(Option<usize>, &str)> = e
+        .mistakes
+        .iter()
+        .map(|m| (m.line, m.message.as_str()))
+        .collect();
+    let expect = [
+        // The key's own line…
+        (10, "[auth] issuer: `http://id.example.org` must use https"),
+        // …its section's header when the key is missing…
+        (12, "[auth.jwt] audiences: must name the audience"),
+        (
+            14,
+            "[auth.jwt] algorithms: lists an HS* algorithm but no hmac_secret",
+        ),
+        (16, "[auth.introspection] client_id: is required"),
+        (
+            16,
+            "[auth.introspection] endpoint: is required without [auth] issuer",
+        ),
+        (
+            22,
+            "[auth.rate_limit] burst: burst and per_minute must be at least 1",
+        ),
+        // …and the parent section's key when the section is missing.
+        (
+            25,
+            "[cache.revocations] max_ttl_s: (86400) must be at least [cache] max_ttl_s (90000)",
+        ),
+        (29, "[relay] secret: use at least 16 characters"),
+        (
+            28,
+            "[relay] listen: must differ from the public and admin listeners",
+        ),
+    ];
+    assert_eq!(found.len(), expect.len(), "{e}");
+    for ((line, message), (want_line, want)) in found.iter().zip(expect) {
+        assert!(
+            message.starts_with(want),
+            "{message} should start with {want}"
+        );
+        assert_eq!(*line, Some(want_line), "{message}");
+    }
+    // One `file:line: message` line per mistake.
+    assert_eq!(e.to_string().lines().count(), expect.len());
+    assert!(e
+        .to_string()
+        .starts_with("/etc/scopegate/scopegate.toml:10: [auth] issuer"));
+}
+
+#[test]
+fn a_key_is_found_in_its_own_section() {
+    let src = "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:1\"\n";
+    assert_eq!(find_key_line(src, "admin", "listen"), Some(4));
+    assert_eq!(find_key_line(src, "server", "listen"), Some(2));
+    assert_eq!(find_key_line(src, "relay", "listen"), None);
+    assert_eq!(find_key_line(src, "admin", "missing"), Some(3));
+    assert_eq!(find_key_line(src, "admin.sub", "listen"), Some(4));
 }

@@ -3,6 +3,7 @@
 //! different powers to try with curl.
 
 mod homeserver;
+pub mod issuer;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,9 +12,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
 use crate::config::Config;
 use crate::run;
+use issuer::{DemoIssuer, DEMO_AUDIENCE};
 
 pub use homeserver::StubHomeserver;
 
@@ -98,7 +99,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     };
     let toml = config_toml(args.listen, args.admin_listen, upstream, issuer.issuer());
     let prepared = match Config::parse(&toml, Path::new("demo.toml"), std::iter::empty())
-        .map_err(|e| e.to_string())
+        .map_err(run::StartError::from)
         .and_then(run::prepare)
     {
         Ok(prepared) => prepared,

@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod, RateLimitConfig};
+use scopegate::auth::AuthError;
+use scopegate::config::{CacheConfig, ClientAuthMethod, RateLimitConfig};
 
 use crate::support::{build, introspection_settings, mas_stub, random_alnum};
 

@@ -1,6 +1,7 @@
 //! Revocation by token and by user, and forgetting the whole cache.
 
-use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
+use scopegate::auth::AuthError;
+use scopegate::config::{CacheConfig, ClientAuthMethod};
 
 use crate::support::{build, introspection_settings, introspection_stub, mas_access_token, Stub};
 
@@ -13,7 +14,7 @@ async fn provider() -> Stub {
     .await
 }
 
-fn settings(url: &str) -> scopegate::auth::AuthSettings {
+fn settings(url: &str) -> scopegate::config::AuthSettings {
     introspection_settings(url, ClientAuthMethod::Bearer)
 }
 

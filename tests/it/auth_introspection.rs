@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::StatusCode;
-use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
+use scopegate::auth::AuthError;
+use scopegate::config::{CacheConfig, ClientAuthMethod};
 use serde_json::json;
 
 use crate::support::{

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use scopegate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
-use scopegate::auth::{AuthError, AuthSettings, Authenticator, CacheConfig, JwsAlgorithm, Secret};
+use scopegate::auth::{AuthError, Authenticator};
+use scopegate::config::{AuthSettings, CacheConfig, JwsAlgorithm, Secret};
+use scopegate::demo::issuer::{DemoIssuer, DEMO_AUDIENCE};
 use serde_json::{json, Value};
 
 use crate::support::{build, unix_now, SERVER_NAME};

@@ -1,7 +1,8 @@
 //! Legacy Matrix tokens, vouched for by the homeserver's whoami.
 
 use http::StatusCode;
-use scopegate::auth::{AuthError, AuthSettings, Authenticator, CacheConfig, LegacyConfig};
+use scopegate::auth::{AuthError, Authenticator};
+use scopegate::config::{AuthSettings, CacheConfig, LegacyConfig};
 use scopegate::scopes::FULL_ACCESS;
 
 use crate::support::{Stub, SERVER_NAME};
@@ -9,13 +10,11 @@ use crate::support::{Stub, SERVER_NAME};
 const TOKEN: &str = "syt_YWxpY2U_lKuRhHkiXmWZzgSoBRwb_3u5Fqv";
 
 fn legacy(scopes: Option<Vec<String>>) -> AuthSettings {
-    let mut cfg = LegacyConfig {
+    let cfg = LegacyConfig {
         enabled: true,
+        scopes,
         ..LegacyConfig::default()
     };
-    if let Some(s) = scopes {
-        cfg.scopes = s;
-    }
     AuthSettings {
         server_name: SERVER_NAME.into(),
         legacy: cfg,

@@ -2,7 +2,8 @@
 
 use http::StatusCode;
 use scopegate::auth::mas::MasTokenKind;
-use scopegate::auth::{AuthError, CacheConfig, ClientAuthMethod};
+use scopegate::auth::AuthError;
+use scopegate::config::{CacheConfig, ClientAuthMethod};
 
 use crate::support::{build, introspection_settings, mas_stub, Stub};
 

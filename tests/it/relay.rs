@@ -239,7 +239,7 @@ fn check_warns_when_widening_is_on() {
 /// and the positive cache lifetimes, and the relay calls it inactive.
 #[tokio::test]
 async fn revoked_jwts_stay_refused_until_they_expire() {
-    use scopegate::auth::demo_issuer::{DemoIssuer, DEMO_AUDIENCE};
+    use scopegate::demo::issuer::{DemoIssuer, DEMO_AUDIENCE};
     let issuer = DemoIssuer::start().await.unwrap();
     let relay = free_port();
     let gate = GateBuilder::new()

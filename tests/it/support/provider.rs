@@ -3,7 +3,8 @@
 //! in-process `Authenticator` configured against them.
 
 use http::StatusCode;
-use scopegate::auth::{AuthSettings, Authenticator, CacheConfig, ClientAuthMethod};
+use scopegate::auth::Authenticator;
+use scopegate::config::{AuthSettings, CacheConfig, ClientAuthMethod};
 use serde_json::Value;
 
 use super::{random_alnum, unix_now, Stub, SERVER_NAME};
@@ -32,11 +33,11 @@ pub fn mas_access_token() -> String {
 pub fn introspection_settings(base: &str, method: ClientAuthMethod) -> AuthSettings {
     AuthSettings {
         server_name: SERVER_NAME.into(),
-        introspection: scopegate::auth::IntrospectionConfig {
+        introspection: scopegate::config::IntrospectionConfig {
             enabled: true,
             endpoint: Some(format!("{base}/oauth2/introspect")),
             client_id: Some("scopegate".into()),
-            client_secret: Some(scopegate::auth::Secret::new("s3cret")),
+            client_secret: Some(scopegate::config::Secret::new("s3cret")),
             auth_method: method,
             ..Default::default()
         },

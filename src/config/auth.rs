@@ -1,6 +1,6 @@
-//! The `[auth]` and `[cache]` sections of the gateway's config file. Each
-//! struct checks what serde cannot (`validate`), so a bad file is refused at
-//! load with a message that names the key, never at the first request.
+//! The `[auth]` and `[cache]` sections. What serde cannot check without I/O
+//! is checked in `problems`, so a bad file is refused at load with the line
+//! of the key, never at the first request.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -12,8 +12,9 @@ use http::Uri;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
-use super::static_table::StaticToken;
-use crate::scopes::FULL_ACCESS;
+use sha2::{Digest, Sha256};
+
+use super::Problems;
 
 /// `[auth]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -31,6 +32,51 @@ pub struct AuthSettings {
     pub introspection: IntrospectionConfig,
     pub legacy: LegacyConfig,
     pub rate_limit: RateLimitConfig,
+}
+
+/// One `[[auth.static]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    pub token_sha256: TokenDigest,
+    pub user_id: String,
+    #[serde(default)]
+    pub device_id: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+/// A lowercase or uppercase hex SHA-256 digest of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for TokenDigest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(s, &mut digest).map_err(|_| {
+            "expected the 64 hex digits of the token's SHA-256 (e.g. `printf %s TOKEN | sha256sum`)"
+                .to_string()
+        })?;
+        Ok(TokenDigest(digest))
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[auth.jwt]`: local validation of RFC 9068 JWT access tokens.
@@ -120,8 +166,8 @@ impl Default for IntrospectionConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LegacyConfig {
     pub enabled: bool,
-    /// What such a token may do; full access unless narrowed.
-    pub scopes: Vec<String>,
+    /// What such a token may do; unset means full access.
+    pub scopes: Option<Vec<String>>,
     pub timeout_ms: u64,
 }
 
@@ -129,7 +175,7 @@ impl Default for LegacyConfig {
     fn default() -> Self {
         LegacyConfig {
             enabled: false,
-            scopes: vec![FULL_ACCESS.to_string()],
+            scopes: None,
             timeout_ms: 5000,
         }
     }
@@ -333,11 +379,40 @@ impl ProviderUrl {
     }
 }
 
-/// Parses an optional URL key, naming it in the error.
-pub(crate) fn provider_url(value: Option<&str>, key: &str) -> Result<Option<ProviderUrl>, String> {
-    value
-        .map(|v| v.parse().map_err(|e| format!("{key}: {e}")))
-        .transpose()
+/// Parses an optional URL key.
+pub(crate) fn provider_url(value: Option<&str>) -> Result<Option<ProviderUrl>, String> {
+    value.map(str::parse).transpose()
+}
+
+/// Far beyond any token's life, and far from overflowing a clock.
+const TEN_YEARS_S: u64 = 10 * 365 * 86_400;
+
+impl AuthSettings {
+    /// Every mistake in `[auth]` and its subsections that needs no I/O.
+    pub fn problems(&self) -> Problems {
+        let mut out = Problems::default();
+        if self.server_name.is_empty() {
+            out.add(
+                "auth",
+                "server_name",
+                "is required: bare user names become @name:server_name",
+            );
+        } else if let Err(e) = check_server_name(&self.server_name) {
+            out.add("auth", "server_name", e);
+        }
+        let issuer = provider_url(self.issuer.as_deref())
+            .map_err(|e| out.add("auth", "issuer", e))
+            .ok()
+            .flatten();
+        if self.jwt.enabled {
+            self.jwt.problems(self.issuer.is_some(), &mut out);
+        }
+        if self.introspection.enabled {
+            self.introspection.problems(issuer.is_some(), &mut out);
+        }
+        self.rate_limit.problems(&mut out);
+        out
+    }
 }
 
 impl JwtConfig {
@@ -346,33 +421,158 @@ impl JwtConfig {
             .iter()
             .any(|a| a.0.family() == AlgorithmFamily::Hmac)
     }
+
+    fn problems(&self, has_issuer: bool, out: &mut Problems) {
+        const S: &str = "auth.jwt";
+        if !has_issuer {
+            out.add(
+                S,
+                "enabled",
+                "needs [auth] issuer: tokens are checked against it (iss)",
+            );
+        }
+        if self.audiences.is_empty() {
+            out.add(
+                S,
+                "audiences",
+                "must name the audience your issuer puts in access tokens (aud)",
+            );
+        }
+        if self.algorithms.is_empty() {
+            out.add(S, "algorithms", "is empty: no token could ever be accepted");
+        }
+        let secret_set = match (&self.hmac_secret, &self.hmac_secret_file) {
+            (Some(_), Some(_)) => {
+                out.add(
+                    S,
+                    "hmac_secret",
+                    "set either hmac_secret or hmac_secret_file, not both",
+                );
+                true
+            }
+            (None, None) => false,
+            _ => true,
+        };
+        match (self.has_hmac(), secret_set) {
+            (true, false) => out.add(
+                S,
+                "algorithms",
+                "lists an HS* algorithm but no hmac_secret is set",
+            ),
+            (false, true) => out.add(
+                S,
+                "hmac_secret",
+                "is set but algorithms lists no HS* algorithm",
+            ),
+            _ => {}
+        }
+        if let Err(e) = provider_url(self.jwks_uri.as_deref()) {
+            out.add(S, "jwks_uri", e);
+        }
+    }
+}
+
+impl IntrospectionConfig {
+    fn problems(&self, has_issuer: bool, out: &mut Problems) {
+        const S: &str = "auth.introspection";
+        match (&self.client_secret, &self.client_secret_file) {
+            (Some(_), Some(_)) => out.add(
+                S,
+                "client_secret",
+                "set either client_secret or client_secret_file, not both",
+            ),
+            (None, None) => out.add(
+                S,
+                "enabled",
+                "needs client_secret or client_secret_file (or SCOPEGATE__AUTH__INTROSPECTION__CLIENT_SECRET)",
+            ),
+            _ => {}
+        }
+        let needs_id = self.auth_method != ClientAuthMethod::Bearer;
+        if needs_id && self.client_id.as_deref().is_none_or(str::is_empty) {
+            out.add(
+                S,
+                "client_id",
+                "is required for client_secret_basic and client_secret_post",
+            );
+        }
+        match provider_url(self.endpoint.as_deref()) {
+            Err(e) => out.add(S, "endpoint", e),
+            Ok(None) if !has_issuer => out.add(S, "endpoint", "is required without [auth] issuer"),
+            Ok(_) => {}
+        }
+    }
+}
+
+impl RateLimitConfig {
+    fn problems(&self, out: &mut Problems) {
+        const S: &str = "auth.rate_limit";
+        if !self.enabled {
+            return;
+        }
+        if self.burst == 0 || self.per_minute == 0 {
+            out.add(
+                S,
+                if self.burst == 0 {
+                    "burst"
+                } else {
+                    "per_minute"
+                },
+                "burst and per_minute must be at least 1 (or set enabled = false)",
+            );
+        }
+        // `burst` minutes' worth of nanoseconds must fit the limiter's u64.
+        if self.burst > 1_000_000 {
+            out.add(S, "burst", "must be at most 1000000");
+        }
+        if self.ipv6_prefix_len == 0 || self.ipv6_prefix_len > 128 {
+            out.add(S, "ipv6_prefix_len", "must be between 1 and 128");
+        }
+    }
 }
 
 impl CacheConfig {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Every mistake in `[cache]` and `[cache.revocations]`.
+    pub fn problems(&self) -> Problems {
+        let mut out = Problems::default();
         if self.capacity == 0 {
-            return Err("[cache] capacity must be at least 1".into());
+            out.add("cache", "capacity", "must be at least 1");
         }
         if self.max_ttl_s == 0 {
-            return Err("[cache] max_ttl_s must be at least 1 (every request would reach the identity provider)".into());
+            out.add(
+                "cache",
+                "max_ttl_s",
+                "must be at least 1 (every request would reach the identity provider)",
+            );
         }
-        if self.revocations.capacity == 0 {
-            return Err("[cache.revocations] capacity must be at least 1".into());
+        if self.max_ttl_s > TEN_YEARS_S {
+            out.add("cache", "max_ttl_s", "must be at most ten years");
         }
-        // Far beyond any token's life, and far from overflowing a clock.
-        if self.revocations.max_ttl_s > 10 * 365 * 86_400 {
-            return Err("[cache.revocations] max_ttl_s must be at most ten years".into());
+        if self.negative_ttl_s > TEN_YEARS_S {
+            out.add("cache", "negative_ttl_s", "must be at most ten years");
         }
-        if self.max_ttl_s > 10 * 365 * 86_400 || self.negative_ttl_s > 10 * 365 * 86_400 {
-            return Err("[cache] max_ttl_s and negative_ttl_s must be at most ten years".into());
+        let r = &self.revocations;
+        if r.capacity == 0 {
+            out.add("cache.revocations", "capacity", "must be at least 1");
         }
-        if self.revocations.max_ttl_s < self.max_ttl_s {
-            return Err(format!(
-                "[cache.revocations] max_ttl_s ({}) must be at least [cache] max_ttl_s ({}): a revocation must outlive what the cache remembers",
-                self.revocations.max_ttl_s, self.max_ttl_s
-            ));
+        if r.max_ttl_s > TEN_YEARS_S {
+            out.add(
+                "cache.revocations",
+                "max_ttl_s",
+                "must be at most ten years",
+            );
         }
-        Ok(())
+        if r.max_ttl_s < self.max_ttl_s {
+            out.add(
+                "cache.revocations",
+                "max_ttl_s",
+                format!(
+                    "({}) must be at least [cache] max_ttl_s ({}): a revocation must outlive what the cache remembers",
+                    r.max_ttl_s, self.max_ttl_s
+                ),
+            );
+        }
+        out
     }
 
     pub(crate) fn max_ttl(&self) -> Duration {
@@ -384,22 +584,17 @@ impl CacheConfig {
     }
 }
 
-impl RateLimitConfig {
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        if !self.enabled {
-            return Ok(());
-        }
-        if self.burst == 0 || self.per_minute == 0 {
-            return Err("[auth.rate_limit] burst and per_minute must be at least 1 (or set enabled = false)".into());
-        }
-        // `burst` minutes' worth of nanoseconds must fit the limiter's u64.
-        if self.burst > 1_000_000 {
-            return Err("[auth.rate_limit] burst must be at most 1000000".into());
-        }
-        if self.ipv6_prefix_len == 0 || self.ipv6_prefix_len > 128 {
-            return Err("[auth.rate_limit] ipv6_prefix_len must be between 1 and 128".into());
-        }
+/// A Matrix server name (spec appendix "Server name"): host with optional port.
+fn check_server_name(s: &str) -> Result<(), String> {
+    let valid = s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if valid {
         Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a Matrix server name (a host name or IP literal, with an optional port)"
+        ))
     }
 }
 
@@ -451,7 +646,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.introspection.auth_method, ClientAuthMethod::Bearer);
         assert_eq!(cfg.introspection.timeout_ms, 2000);
-        assert_eq!(cfg.legacy.scopes, vec![FULL_ACCESS.to_string()]);
+        assert_eq!(cfg.legacy.scopes, None);
         assert_eq!(cfg.jwt.algorithms.len(), 4);
         assert!(!cfg.jwt.has_hmac());
     }

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::config::{AuthSettings, JwtConfig};
+use crate::config::{AuthSettings, JwtConfig};
 
 /// The `aud` the demo issuer puts in its tokens.
 pub const DEMO_AUDIENCE: &str = "scopegate-demo";

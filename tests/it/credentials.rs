@@ -1370,6 +1370,7 @@ async fn the_authenticated_token_is_the_only_credential_the_homeserver_sees() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let upstream = homeserver(seen.clone()).await;
     let gate = GateBuilder::new()
+        .binary()
         .log(r#"format = "json""#)
         .rest(&format!(
             "[[auth.static]]\ntoken_sha256 = \"{}\"\nuser_id = \"@carol:example.org\"\nscopes = [\"urn:matrix:client:api:*\"]",

@@ -16,7 +16,7 @@ fn counter(metrics: &str, decision: &str) -> u64 {
 #[tokio::test]
 async fn metrics_count_decisions_and_logs_hold_no_token() {
     let upstream = ok_stub().await;
-    let gate = Gate::start(upstream).await;
+    let gate = GateBuilder::new().binary().start(upstream).await;
     let unknown = "mat_ThisIsAnUnknownTokenThatMustNotLeak_abcdef";
 
     let before = gate.metrics().await;
@@ -105,6 +105,7 @@ async fn health_and_readiness() {
 async fn json_logs_are_one_object_per_line() {
     let upstream = ok_stub().await;
     let gate = GateBuilder::new()
+        .binary()
         .log(r#"format = "json""#)
         .start(upstream)
         .await;
@@ -135,6 +136,7 @@ async fn json_logs_are_one_object_per_line() {
 async fn access_log_can_be_turned_off() {
     let upstream = ok_stub().await;
     let gate = GateBuilder::new()
+        .binary()
         .log("access = false")
         .start(upstream)
         .await;

@@ -198,7 +198,7 @@ async fn cors_preflight_passes_without_token() {
 #[tokio::test]
 async fn ambiguous_targets_are_refused_before_forwarding() {
     let upstream = recording_stub().await;
-    let gate = Gate::start(upstream.addr).await;
+    let gate = GateBuilder::new().binary().start(upstream.addr).await;
     let targets: &[&[u8]] = &[
         b"/_matrix/client/v3/../../admin",
         b"/_matrix/client/v3/%2e%2e/%2E%2E/_synapse/admin/v1/users",

@@ -142,7 +142,7 @@ async fn idle_keep_alive_connections_are_closed() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let upstream = slow_stub(Duration::from_millis(1500)).await;
-    let mut gate = Gate::start(upstream.addr).await;
+    let mut gate = GateBuilder::new().binary().start(upstream.addr).await;
     let addr = gate.addr;
     let in_flight =
         tokio::spawn(async move { get(addr, "/_matrix/client/v3/sync", Some(FULL_TOKEN)).await });
@@ -175,6 +175,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
 async fn drain_timeout_bounds_shutdown() {
     let upstream = slow_stub(Duration::from_secs(60)).await;
     let mut gate = GateBuilder::new()
+        .binary()
         .server("drain_timeout_s = 1")
         .start(upstream.addr)
         .await;

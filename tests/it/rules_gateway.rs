@@ -129,6 +129,7 @@ async fn rules_reload_on_sighup_and_a_broken_file_keeps_the_old_rules() {
     })
     .await;
     let gate = GateBuilder::new()
+        .binary()
         .file("rules.toml", SMALL_RULES)
         .rest("[rules]\nfile = \"rules.toml\"")
         .start(upstream.addr)

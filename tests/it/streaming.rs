@@ -51,7 +51,7 @@ async fn fifty_megabyte_upload_streams() {
         }
     })
     .await;
-    let gate = Gate::start(upstream).await;
+    let gate = GateBuilder::new().binary().start(upstream).await;
 
     let (tx, body) = channel_body();
     let req = Request::post("/_matrix/media/v3/upload")
@@ -104,7 +104,7 @@ async fn fifty_megabyte_download_streams() {
         }
     })
     .await;
-    let gate = Gate::start(upstream).await;
+    let gate = GateBuilder::new().binary().start(upstream).await;
 
     let req = Request::get("/_matrix/client/v1/media/download/example.org/abc")
         .header("authorization", format!("Bearer {FULL_TOKEN}"))

@@ -1,5 +1,7 @@
-//! The real `scopegate` binary on ephemeral ports, in front of a stub
-//! upstream, with its stdout (the logs) captured to a file.
+//! The gateway on ephemeral ports, in front of a stub upstream: in this
+//! process through `run::prepare` and `run::serve` (the default), or as the
+//! real `scopegate` binary with its stdout (the logs) captured to a file,
+//! for tests about logs, signals, exit codes and memory (`.binary()`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use hyper_util::rt::TokioIo;
+use scopegate::config::Config;
+use scopegate::run;
 use tokio::net::TcpStream;
 
 use super::{free_port, full, get, sha256_hex, DEVICE_ONLY_TOKEN, FULL_TOKEN};
@@ -60,9 +64,12 @@ scopes = ["urn:matrix:client:device:ABC"]
     )
 }
 
-/// The real binary, with its stdout (the logs) captured to a file.
+/// A running gateway.
 pub struct Gate {
+    /// The binary, when started with `.binary()`.
     child: Option<Child>,
+    /// The in-process gateway's task, stopped on drop.
+    task: Option<tokio::task::JoinHandle<()>>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     log: PathBuf,
@@ -77,6 +84,7 @@ pub struct GateBuilder {
     auth_extra: String,
     rest: String,
     files: Vec<(String, Vec<u8>)>,
+    binary: bool,
 }
 
 impl GateBuilder {
@@ -115,7 +123,17 @@ impl GateBuilder {
         self
     }
 
+    /// The real binary rather than this process: for logs, signals, exit
+    /// codes and memory.
+    pub fn binary(mut self) -> Self {
+        self.binary = true;
+        self
+    }
+
     pub async fn start(self, upstream: SocketAddr) -> Gate {
+        if !self.binary {
+            return self.start_in_process(upstream).await;
+        }
         let mut dir = tempfile::tempdir().unwrap();
         for (name, content) in &self.files {
             std::fs::write(dir.path().join(name), content).unwrap();
@@ -140,6 +158,7 @@ impl GateBuilder {
                 .unwrap();
             let mut gate = Gate {
                 child: Some(child),
+                task: None,
                 addr,
                 admin,
                 log,
@@ -155,6 +174,55 @@ impl GateBuilder {
             }
         }
         panic!("scopegate found no free ports in five tries");
+    }
+
+    async fn start_in_process(self, upstream: SocketAddr) -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in &self.files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        for _ in 0..5 {
+            let (addr, admin) = (free_port(), free_port());
+            let cfg_path = dir.path().join("scopegate.toml");
+            let cfg = config(addr, admin, upstream, &self);
+            std::fs::write(&cfg_path, &cfg).unwrap();
+            let config = Config::parse(&cfg, &cfg_path, std::iter::empty())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let prepared = run::prepare(config).unwrap_or_else(|e| panic!("{e}"));
+            let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let serving = tokio::spawn(run::serve(
+                prepared,
+                async move {
+                    let _ = stop_rx.await;
+                },
+                move |bound| {
+                    let _ = bound_tx.send(bound);
+                },
+            ));
+            if bound_rx.await.is_err() {
+                // Bound nothing: a port was taken meanwhile. Try new ones.
+                match serving.await.unwrap() {
+                    Err(e) if e.to_string().contains("cannot listen on") => continue,
+                    other => panic!("the gateway did not start: {other:?}"),
+                }
+            }
+            let task = tokio::spawn(async move {
+                let _keep_running = stop_tx;
+                let _ = serving.await;
+            });
+            let mut gate = Gate {
+                child: None,
+                task: Some(task),
+                addr,
+                admin,
+                log: dir.path().join("no-log"),
+                dir,
+            };
+            gate.wait_ready().await.unwrap();
+            return gate;
+        }
+        panic!("the gateway found no free ports in five tries");
     }
 }
 
@@ -172,7 +240,11 @@ impl Gate {
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait().unwrap(),
+                None => None,
+            };
+            if let Some(status) = exited {
                 let stderr =
                     std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
                 return Err(format!(
@@ -196,6 +268,7 @@ impl Gate {
     /// thread and may lag behind: wait with [`Gate::wait_log`] or
     /// [`Gate::logs_flushed`].
     pub fn logs(&self) -> String {
+        self.needs_binary("logs");
         let mut logs = std::fs::read(&self.log).unwrap_or_default();
         logs.truncate(
             logs.iter()
@@ -229,7 +302,15 @@ impl Gate {
     }
 
     pub fn pid(&self) -> u32 {
+        self.needs_binary("a process id");
         self.child.as_ref().unwrap().id()
+    }
+
+    fn needs_binary(&self, what: &str) {
+        assert!(
+            self.child.is_some() || self.task.is_none(),
+            "{what}: start this gateway with GateBuilder::binary()"
+        );
     }
 
     pub fn signal(&self, name: &str) {
@@ -243,6 +324,7 @@ impl Gate {
 
     /// Waits for the process to exit, at most `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.needs_binary("an exit status");
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -309,6 +391,9 @@ impl Drop for Gate {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }

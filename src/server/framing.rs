@@ -13,7 +13,7 @@
 //! | shape | hyper alone | gateway with the tracker | gateway now | homeserver gets |
 //! |---|---|---|---|---|
 //! | `Content-Length` and `Transfer-Encoding: chunked`, either order; or a second, different length after them; or `Content-Length: abc` after them | serves it once, by its chunks; drops the length; closes | 400 JSON, closes | 200, closes | the body, chunked, no length; never the next request |
-//! | the same with `Transfer-Encoding: gzip, chunked` | the same | 400 JSON, closes | 200, closes | the same (the coding is lost, as without a length) |
+//! | the same with `Transfer-Encoding: gzip, chunked` | the same | 400 JSON, closes | 200, closes | the same; the gzip coding is dropped unannounced, as for `gzip, chunked` alone |
 //! | `Transfer-Encoding: Chunked`, `:\tchunked`, `chunked, chunked` | serves both requests | the same | the same | each body, chunked |
 //! | `Transfer-Encoding: xchunked`, `chunked, identity`, `chunked` then `identity`, `identity` with a length; a space before the colon; obs-fold; a vertical tab | bare 400, closes | 400 JSON | 400 JSON | nothing |
 //! | `Transfer-Encoding` in HTTP/1.0 | bare 400, closes | bare 400 | 400 JSON | nothing |

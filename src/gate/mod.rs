@@ -1,7 +1,6 @@
 //! The request pipeline, phase by phase, in the order a request meets them:
 //!
-//! 1. [`canonicalize`] — refuse targets (and framing) two parsers could read
-//!    differently;
+//! 1. [`canonicalize`] — refuse targets two parsers could read differently;
 //! 2. route — find the rule for (method, raw path), default deny;
 //! 3. [`Gateway::authenticate`] — who is calling (token → identity, cached);
 //! 4. authorize — may this identity use this route, given the path's values;
@@ -44,12 +43,6 @@ pub struct ConnInfo {
     pub proto: &'static str,
     pub activity: Arc<ConnActivity>,
 }
-
-/// Set by the server on an HTTP/1 request whose head carried both
-/// `Transfer-Encoding` and `Content-Length` (see `server::framing`): phase 1
-/// refuses it.
-#[derive(Debug, Clone, Copy)]
-pub struct FramedTwice;
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, proto: &'static str, activity: Arc<ConnActivity>) -> Self {
@@ -237,7 +230,6 @@ impl Gateway {
         rules: &'r RuleSet,
     ) -> Outcome<'r> {
         // 1. canonicalize
-        let framed_twice = req.extensions().get::<FramedTwice>().is_some();
         if headers::header_bytes(req.headers()) > self.settings.max_header_bytes {
             return Outcome::refused(Refusal::HeadersTooLarge, "-", None);
         }
@@ -248,9 +240,6 @@ impl Gateway {
             Ok(target) => target,
             Err(e) => return Outcome::refused(Refusal::BadTarget(e), "-", None),
         };
-        if framed_twice {
-            return Outcome::refused(Refusal::AmbiguousFraming, "-", None);
-        }
         // 2. route
         let route = rules.route(req.method(), target.path);
         let label = route.label();

@@ -14,7 +14,6 @@ use crate::proxy::body::GateBody;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     BadTarget(TargetError),
-    AmbiguousFraming,
     HeadersTooLarge,
     MissingToken(&'static str),
     /// A token spelled so that another parser could read it differently.
@@ -80,7 +79,6 @@ impl Refusal {
     pub fn decision(&self) -> Disposition {
         match self {
             Refusal::BadTarget(_)
-            | Refusal::AmbiguousFraming
             | Refusal::HeadersTooLarge
             | Refusal::AmbiguousToken(_)
             | Refusal::HiddenCredential(_) => Disposition::BadRequest,
@@ -95,10 +93,9 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadTarget(_)
-            | Refusal::AmbiguousFraming
-            | Refusal::AmbiguousToken(_)
-            | Refusal::HiddenCredential(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadTarget(_) | Refusal::AmbiguousToken(_) | Refusal::HiddenCredential(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::MissingToken(_) | Refusal::UnknownToken { .. } => StatusCode::UNAUTHORIZED,
             Refusal::InsufficientScope { .. } => StatusCode::FORBIDDEN,
@@ -118,10 +115,6 @@ impl Refusal {
             Refusal::HeadersTooLarge => {
                 json!({"errcode": "M_TOO_LARGE", "error": "Request header fields too large"})
             }
-            Refusal::AmbiguousFraming => json!({
-                "errcode": "M_UNRECOGNIZED",
-                "error": "Bad request: a request must not carry both Content-Length and Transfer-Encoding",
-            }),
             Refusal::MissingToken(msg) | Refusal::AmbiguousToken(msg) => {
                 json!({"errcode": "M_MISSING_TOKEN", "error": msg})
             }

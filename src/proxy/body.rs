@@ -105,7 +105,12 @@ impl ConnActivity {
     }
 
     pub fn has_served(&self) -> bool {
-        self.started.load(Ordering::Relaxed) > 0
+        self.started() > 0
+    }
+
+    /// How many requests the connection has started.
+    pub fn started(&self) -> usize {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// When the connection last became idle.

@@ -40,9 +40,9 @@ pub use internal::{bind, serve_internal};
 pub use tls::tls_acceptor;
 
 use crate::config::ServerConfig;
-use crate::gate::{ConnInfo, FramedTwice, Gateway};
+use crate::gate::{ConnInfo, Gateway};
 use crate::proxy::body::ConnActivity;
-use framing::{Framing, Recording};
+use framing::MatrixRefusals;
 
 /// Connection limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -296,19 +296,14 @@ async fn run_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let framing = Arc::new(Framing::new(limits.max_header_bytes));
     let info = Arc::new(ConnInfo::new(peer, proto, activity.clone()));
-    let tracker = framing.clone();
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        // Every HTTP/1 request takes the tracker's verdict, in order.
-        if req.version() <= http::Version::HTTP_11 && tracker.framed_twice(&req) {
-            req.extensions_mut().insert(FramedTwice);
-        }
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let gateway = gateway.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(gateway.handle(req, &info).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(Recording::new(io, framing)), service);
+    let io = MatrixRefusals::new(io, activity.clone());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
     // Set when we asked the connection to close; past it, we drop it.

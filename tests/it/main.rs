@@ -24,6 +24,7 @@ mod auth_mas;
 mod cli;
 mod credentials;
 mod demo;
+mod framing;
 mod observability;
 mod proxy;
 mod relay;

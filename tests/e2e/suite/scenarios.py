@@ -449,13 +449,9 @@ def _smuggle(te_first: bool):
     return build
 
 
-# RFC 9112 §6.1 allows refusing a request framed both ways; scopegate does, with
-# its own 400 Matrix error (hyper alone would read the body as chunked and forward
-# it). The next test checks that the request smuggled in the body never arrives.
-_hostile("Content-Length + Transfer-Encoding (CL first)", _smuggle(False))
-_hostile("Transfer-Encoding + Content-Length (TE first)", _smuggle(True))
-
-
+# RFC 9112 §6.1: a request framed both ways is read by its chunks alone, and the
+# connection closes after it (src/server/framing.rs has the measurements). It
+# reaches Synapse framed once, by scopegate; the request in its body never does.
 @scenario("11 hostile input: a request smuggled behind CL+TE never reaches Synapse")
 def smuggled_request_never_arrives():
     s = S()
@@ -466,7 +462,6 @@ def smuggled_request_never_arrives():
         status, reply = raw_request(port, _smuggle(te_first)(m, token, port))
         check(status is not None, f"no response: {reply[:200]!r}")
         check(reply.count(b"HTTP/1.1 ") == 1, f"more than one response: {reply[:600]!r}")
-        check(400 <= status < 500, f"CL+TE refused by scopegate: {reply[:300]!r}")
         control = marker("ok")
         raw_request(port, (f"GET /_matrix/client/v3/rooms/!{control}:localhost/state HTTP/1.1\r\n"
                            f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
@@ -478,7 +473,7 @@ def smuggled_request_never_arrives():
 @scenario("11 legitimate chunked requests (Transfer-Encoding, no Content-Length) pass on a "
           "keep-alive connection: small and 40 KB message sends")
 def chunked_requests_pass():
-    # The CL+TE refusal must not catch chunked requests that are framed one way.
+    # Chunked requests framed one way, kept alive.
     s = S()
     token, _ = fx.legacy_token("alice")
     base = s.url("sg-legacy")
@@ -495,8 +490,7 @@ def chunked_requests_pass():
               and "content-length" not in r.request.headers, f"sent chunked: {r.request.headers}")
         check(r.status_code == 200 and r.json().get("event_id"),
               f"chunked message send: {r.status_code} {r.text[:300]}")
-        # Larger than the framing check's 16 KiB window of recent input, sent in
-        # 4 KiB chunks. (Media uploads cannot be chunked: Synapse requires a
+        # Larger than hyper's first read, sent in 4 KiB chunks. (Media uploads cannot be chunked: Synapse requires a
         # Content-Length there.)
         big = "x" * 40000
         parts = [b'{"msgtype": "m.text", "body": "'] + [big[i:i + 4096].encode() for i in range(0, len(big), 4096)] \

@@ -28,6 +28,8 @@ use crate::auth::{AuthError, Authenticator, Identity};
 use crate::canonical::canonicalize;
 use crate::metrics::Metrics;
 mod refusal;
+#[cfg(test)]
+mod tests;
 
 pub use refusal::{cors, matrix_parser_refusal, Disposition, Refusal};
 

@@ -100,7 +100,11 @@ async fn stub_answer(
     req: Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let answer = |status: u16, body: String| {
         let mut response = http::Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -231,7 +235,11 @@ impl Harness {
             server_name: "example.org".into(),
             static_tokens: vec![
                 static_token(FULL, "@alice:example.org", "urn:matrix:client:api:*"),
-                static_token(DEVICE_ONLY, "@bob:example.org", "urn:matrix:client:device:ABC"),
+                static_token(
+                    DEVICE_ONLY,
+                    "@bob:example.org",
+                    "urn:matrix:client:device:ABC",
+                ),
             ],
             introspection: IntrospectionConfig {
                 enabled: true,
@@ -468,8 +476,11 @@ fn case(refusal: &Refusal) -> Case {
         }
         // A percent-encoded parameter name: Twisted decodes it, others
         // would not see a token.
-        Refusal::AmbiguousToken(_) => Case::new(get(&format!("{WHOAMI}?access%5Ftoken={FULL}"), None))
-            .expect(400, "M_MISSING_TOKEN", "bad_request"),
+        Refusal::AmbiguousToken(_) => Case::new(get(
+            &format!("{WHOAMI}?access%5Ftoken={FULL}"),
+            None,
+        ))
+        .expect(400, "M_MISSING_TOKEN", "bad_request"),
         Refusal::HiddenCredential(_) => {
             let mut req = request(Method::POST, "/_matrix/client/v3/createRoom", Some(FULL));
             req.headers_mut().insert(
@@ -483,13 +494,15 @@ fn case(refusal: &Refusal) -> Case {
         Refusal::UnknownToken { .. } => {
             Case::new(whoami(Some(UNKNOWN))).expect(401, "M_UNKNOWN_TOKEN", "invalid_token")
         }
-        Refusal::InsufficientScope { .. } => Case::new(whoami(Some(DEVICE_ONLY)))
-            .expect(403, "M_FORBIDDEN", "denied"),
+        Refusal::InsufficientScope { .. } => {
+            Case::new(whoami(Some(DEVICE_ONLY))).expect(403, "M_FORBIDDEN", "denied")
+        }
         Refusal::NoRoute => Case::new(get("/_matrix/nowhere", Some(FULL)))
             .expect(404, "M_UNRECOGNIZED", "denied")
             .route("unmatched"),
-        Refusal::ProviderUnavailable => Case::new(whoami(Some(PROVIDER_FAILS)))
-            .expect(503, "M_UNKNOWN", "provider_error"),
+        Refusal::ProviderUnavailable => {
+            Case::new(whoami(Some(PROVIDER_FAILS))).expect(503, "M_UNKNOWN", "provider_error")
+        }
         Refusal::UpstreamUnreachable => Case {
             setup: Setup {
                 upstream_down: true,
@@ -597,7 +610,11 @@ async fn a_rate_limited_client_is_told_when_to_come_back() {
     let answer = gate.send(get(WHOAMI, Some("opaque_2"))).await;
     assert_eq!(answer.status, 429);
     // One invalid token a minute: the next is paid back within the minute.
-    let retry: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(answer.json()["retry_after_ms"], retry * 1000);
     // A valid token from the same client is not held back.
@@ -627,5 +644,370 @@ async fn an_upstream_that_does_not_answer_in_time_gets_504_after_the_configured_
         waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
         "{waited:?}"
     );
-    assert_eq!(gate.stub.seen().len(), 1, "the request did reach the homeserver");
+    assert_eq!(
+        gate.stub.seen().len(),
+        1,
+        "the request did reach the homeserver"
+    );
+}
+
+// ---------------------------------------------------------- optional token ---
+
+/// An `optional` route any valid token may use (`allow = [[]]`).
+const VERSIONS: &str = "/_matrix/client/versions";
+/// An `optional` route that asks full access of a token.
+const PASSWORD: &str = "/_matrix/client/v3/account/password";
+
+#[tokio::test]
+async fn an_optional_route_without_a_token_is_forwarded_without_one() {
+    let gate = Harness::start().await;
+    let answer = gate.send(get(VERSIONS, None)).await;
+    assert_eq!(answer.status, 200);
+    let seen = gate.stub.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, VERSIONS);
+    assert!(!seen[0].headers.contains_key("authorization"));
+    assert_eq!(gate.stub.introspections(), 0);
+}
+
+#[tokio::test]
+async fn an_optional_route_forwards_a_valid_token_with_the_request() {
+    let gate = Harness::start().await;
+    let answer = gate.send(get(VERSIONS, Some(INTROSPECTED))).await;
+    assert_eq!(answer.status, 200);
+    let seen = gate.stub.seen();
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {INTROSPECTED}")
+    );
+}
+
+#[tokio::test]
+async fn an_optional_route_refuses_a_token_the_gateway_cannot_vouch_for() {
+    let gate = Harness::start().await;
+    // The homeserver would act on it: a token present must be valid.
+    let unknown = gate.send(get(VERSIONS, Some(UNKNOWN))).await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.errcode(), "M_UNKNOWN_TOKEN");
+    // Nor is it passed on when the provider cannot say.
+    let unchecked = gate.send(get(VERSIONS, Some(PROVIDER_FAILS))).await;
+    assert_eq!(unchecked.status, 503);
+    assert!(gate.stub.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_optional_route_authorizes_a_token_that_is_present() {
+    let gate = Harness::start().await;
+    let narrow = gate
+        .send(request(Method::POST, PASSWORD, Some(DEVICE_ONLY)))
+        .await;
+    assert_eq!(narrow.status, 403);
+    assert_eq!(narrow.errcode(), "M_FORBIDDEN");
+    let anonymous = gate.send(request(Method::POST, PASSWORD, None)).await;
+    assert_eq!(anonymous.status, 200);
+    assert_eq!(gate.stub.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_public_route_takes_off_a_header_token_it_cannot_vouch_for() {
+    let gate = Harness::start().await;
+    // A client refreshing with a stale access token still gets through.
+    let refresh = "/_matrix/client/v3/refresh";
+    let answer = gate
+        .send(request(Method::POST, refresh, Some(UNKNOWN)))
+        .await;
+    assert_eq!(answer.status, 200);
+    let seen = gate.stub.seen();
+    assert_eq!(seen[0].path, refresh);
+    assert!(!seen[0].headers.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn a_public_route_refuses_a_query_token_it_cannot_vouch_for() {
+    let gate = Harness::start().await;
+    // The target is forwarded as it came: the token could not be taken off.
+    let target = format!("/_matrix/client/v3/refresh?access_token={UNKNOWN}");
+    let answer = gate.send(request(Method::POST, &target, None)).await;
+    assert_eq!(answer.status, 401);
+    assert!(gate.stub.seen().is_empty());
+}
+
+// ---------------------------------------------------------- CORS preflight ---
+
+#[tokio::test]
+async fn a_preflight_is_forwarded_without_its_authorization_and_unchecked() {
+    let gate = Harness::start().await;
+    let answer = gate
+        .send(request(Method::OPTIONS, WHOAMI, Some(UNKNOWN)))
+        .await;
+    // The homeserver answers it (Synapse's OptionsResource).
+    assert_eq!(answer.status, 200);
+    let seen = gate.stub.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, Method::OPTIONS);
+    assert!(!seen[0].headers.contains_key("authorization"));
+    assert_eq!(gate.stub.introspections(), 0, "no token was validated");
+    assert_eq!(gate.requests("allowed", "/_matrix/client/{rest..}"), 1);
+}
+
+#[tokio::test]
+async fn a_preflight_with_a_valid_token_loses_it_too() {
+    let gate = Harness::start().await;
+    let answer = gate
+        .send(request(Method::OPTIONS, WHOAMI, Some(FULL)))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(!gate.stub.seen()[0].headers.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn a_preflight_with_an_ambiguous_credential_is_refused() {
+    let gate = Harness::start().await;
+    // Header and query token together: Synapse refuses that too.
+    let target = format!("{WHOAMI}?access_token={FULL}");
+    let answer = gate
+        .send(request(Method::OPTIONS, &target, Some(FULL)))
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.errcode(), "M_MISSING_TOKEN");
+    assert!(gate.stub.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_preflight_where_no_rule_routes_is_refused() {
+    let gate = Harness::start().await;
+    let answer = gate
+        .send(request(Method::OPTIONS, "/.well-known/matrix/client", None))
+        .await;
+    assert_eq!(answer.status, 404);
+    assert!(gate.stub.seen().is_empty());
+}
+
+// ------------------------------------------------------------------ logout ---
+
+fn logout(token: &str) -> Request<Full<Bytes>> {
+    request(Method::POST, "/_matrix/client/v3/logout", Some(token))
+}
+
+#[tokio::test]
+async fn a_token_logged_out_through_the_gateway_is_refused_afterwards() {
+    let gate = Harness::start().await;
+    assert_eq!(gate.send(get(WHOAMI, Some(INTROSPECTED))).await.status, 200);
+    assert_eq!(gate.send(logout(INTROSPECTED)).await.status, 200);
+    // The provider still says active; the gateway saw the session end.
+    let after = gate.send(get(WHOAMI, Some(INTROSPECTED))).await;
+    assert_eq!(after.status, 401);
+    assert_eq!(after.errcode(), "M_UNKNOWN_TOKEN");
+    assert_eq!(gate.stub.seen().len(), 2, "whoami and logout only");
+}
+
+#[tokio::test]
+async fn a_logout_the_homeserver_refused_leaves_the_token_valid() {
+    let gate = Harness::start().await;
+    let mut refused = logout(INTROSPECTED);
+    refused
+        .headers_mut()
+        .insert("x-stub-status", HeaderValue::from_static("500"));
+    assert_eq!(gate.send(refused).await.status, 500);
+    assert_eq!(gate.send(get(WHOAMI, Some(INTROSPECTED))).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_static_token_outlives_a_logout() {
+    // Static tokens are config: an operator removes them there (docs/auth.md).
+    let gate = Harness::start().await;
+    assert_eq!(gate.send(logout(FULL)).await.status, 200);
+    assert_eq!(gate.send(get(WHOAMI, Some(FULL))).await.status, 200);
+}
+
+// --------------------------------------------------------------- client_ip ---
+
+fn trusting(proxies: &[&str]) -> Setup {
+    Setup {
+        trusted_proxies: proxies.iter().map(|p| p.parse().unwrap()).collect(),
+        ..Setup::default()
+    }
+}
+
+fn forwarded_for(values: &[&str]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for value in values {
+        headers.append(&headers::X_FORWARDED_FOR, value.parse().unwrap());
+    }
+    headers
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_trusted_is_the_client_whatever_it_forwards() {
+    let gate = Harness::with(trusting(&["10.0.0.0/8"])).await;
+    let headers = forwarded_for(&["198.51.100.1"]);
+    assert_eq!(gate.gateway.client_ip(&headers, CLIENT), CLIENT);
+    // No trusted proxies at all: the same.
+    let gate = Harness::start().await;
+    assert_eq!(
+        gate.gateway.client_ip(&headers, peer("10.0.0.1")),
+        peer("10.0.0.1")
+    );
+}
+
+#[tokio::test]
+async fn behind_trusted_proxies_the_client_is_the_nearest_untrusted_hop() {
+    let gate = Harness::with(trusting(&["10.0.0.0/8", "fd00::/8"])).await;
+    let ip =
+        |values: &[&str], from: &str| gate.gateway.client_ip(&forwarded_for(values), peer(from));
+    assert_eq!(ip(&["198.51.100.1"], "10.0.0.1"), peer("198.51.100.1"));
+    // Right to left through the trusted hops; what lies further left is
+    // the client's to write, so a forged first entry is not believed.
+    assert_eq!(
+        ip(&["192.0.2.66, 198.51.100.1, 10.0.0.2"], "10.0.0.1"),
+        peer("198.51.100.1")
+    );
+    // Several header lines are one list, in order.
+    assert_eq!(
+        ip(&["192.0.2.66", "198.51.100.1", "10.0.0.2"], "10.0.0.1"),
+        peer("198.51.100.1")
+    );
+    assert_eq!(
+        ip(&["2001:db8::1, fd00::2"], "fd00::1"),
+        peer("2001:db8::1")
+    );
+    // An IPv4 peer on a dual-stack socket is still the trusted proxy.
+    assert_eq!(
+        ip(&["198.51.100.1"], "::ffff:10.0.0.1"),
+        peer("198.51.100.1")
+    );
+    // Nothing forwarded, or only trusted hops: the peer.
+    assert_eq!(ip(&[], "10.0.0.1"), peer("10.0.0.1"));
+    assert_eq!(ip(&["10.0.0.3, 10.0.0.2"], "10.0.0.1"), peer("10.0.0.1"));
+}
+
+#[tokio::test]
+async fn a_malformed_hop_ends_the_walk_at_the_peer() {
+    let gate = Harness::with(trusting(&["10.0.0.0/8"])).await;
+    let ip = |values: &[&str]| {
+        gate.gateway
+            .client_ip(&forwarded_for(values), peer("10.0.0.1"))
+    };
+    // Nothing past an entry that is not an address is believed: the
+    // (shared) proxy address is the client then, never a forged one.
+    for chain in [
+        "198.51.100.1, unknown, 10.0.0.2",
+        "198.51.100.1, garbage",
+        "198.51.100.1:4711",
+        "[2001:db8::1]",
+        "",
+    ] {
+        assert_eq!(ip(&[chain]), peer("10.0.0.1"), "{chain:?}");
+    }
+    // Spaces around an entry are not malformed.
+    assert_eq!(ip(&["  198.51.100.1 ,10.0.0.2 "]), peer("198.51.100.1"));
+}
+
+/// An invalid token with `X-Forwarded-For: client`, from `proxy`.
+fn invalid_from(client: &str, token: &str) -> Request<Full<Bytes>> {
+    let mut req = get(WHOAMI, Some(token));
+    req.headers_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_invalid_token_budget() {
+    let gate = Harness::with(Setup {
+        burst: 1,
+        ..trusting(&["10.0.0.0/8"])
+    })
+    .await;
+    let proxy = peer("10.0.0.1");
+    let send = |client, token| gate.send_from(proxy, invalid_from(client, token));
+    assert_eq!(send("198.51.100.1", "opaque_1").await.status, 401);
+    assert_eq!(send("198.51.100.1", "opaque_2").await.status, 429);
+    // Another client behind the same proxy is not held back.
+    assert_eq!(send("198.51.100.2", "opaque_3").await.status, 401);
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_spread_its_guesses_over_forged_addresses() {
+    let gate = Harness::with(Setup {
+        burst: 1,
+        ..trusting(&["10.0.0.0/8"])
+    })
+    .await;
+    let send = |client, token| gate.send_from(CLIENT, invalid_from(client, token));
+    assert_eq!(send("198.51.100.1", "opaque_1").await.status, 401);
+    assert_eq!(send("198.51.100.2", "opaque_2").await.status, 429);
+}
+
+// ------------------------------------------------------------------ record ---
+
+#[tokio::test]
+async fn an_allowed_request_is_counted_under_its_route_with_its_upstream_time() {
+    let gate = Harness::start().await;
+    assert_eq!(gate.send(get(WHOAMI, Some(FULL))).await.status, 200);
+    assert_eq!(gate.requests("allowed", WHOAMI_ROUTE), 1);
+    assert_eq!(gate.requests_total(), 1);
+    assert_eq!(
+        gate.histogram_count(
+            "scopegate_upstream_latency_seconds",
+            &[("route", WHOAMI_ROUTE)]
+        ),
+        1
+    );
+    assert_eq!(
+        gate.histogram_count(
+            "scopegate_gateway_latency_seconds",
+            &[("decision", "allowed")]
+        ),
+        1
+    );
+    // Served and read to the end: nothing left in flight.
+    assert_eq!(gate.gateway.metrics.in_flight.get(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_request_is_counted_under_its_decision_without_upstream_time() {
+    let gate = Harness::start().await;
+    assert_eq!(gate.send(get(WHOAMI, Some(FULL))).await.status, 200);
+    assert_eq!(gate.send(get(WHOAMI, None)).await.status, 401);
+    assert_eq!(gate.requests("unauthenticated", WHOAMI_ROUTE), 1);
+    assert_eq!(gate.requests("allowed", WHOAMI_ROUTE), 1);
+    assert_eq!(gate.requests_total(), 2);
+    // The refusal never went upstream: the route's upstream time is the
+    // allowed request's alone.
+    assert_eq!(
+        gate.histogram_count(
+            "scopegate_upstream_latency_seconds",
+            &[("route", WHOAMI_ROUTE)]
+        ),
+        1
+    );
+    assert_eq!(
+        gate.histogram_count(
+            "scopegate_gateway_latency_seconds",
+            &[("decision", "unauthenticated")]
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_error_status_is_still_an_allowed_request() {
+    // The decision is the gateway's; the homeserver's answer is its own.
+    let gate = Harness::start().await;
+    let mut req = get(WHOAMI, Some(FULL));
+    req.headers_mut()
+        .insert("x-stub-status", HeaderValue::from_static("500"));
+    assert_eq!(gate.send(req).await.status, 500);
+    assert_eq!(gate.requests("allowed", WHOAMI_ROUTE), 1);
+    assert_eq!(gate.requests_total(), 1);
+}
+
+#[tokio::test]
+async fn rules_swapped_in_count_their_routes_afresh() {
+    let gate = Harness::start().await;
+    assert_eq!(gate.send(get(WHOAMI, Some(FULL))).await.status, 200);
+    gate.gateway.swap_rules(RuleSet::builtin());
+    assert_eq!(gate.send(get(WHOAMI, Some(FULL))).await.status, 200);
+    // Same route, same series: a reload does not reset or split it.
+    assert_eq!(gate.requests("allowed", WHOAMI_ROUTE), 2);
 }

@@ -903,7 +903,7 @@ async fn a_malformed_hop_ends_the_walk_at_the_peer() {
     assert_eq!(ip(&["  198.51.100.1 ,10.0.0.2 "]), peer("198.51.100.1"));
 }
 
-/// An invalid token with `X-Forwarded-For: client`, from `proxy`.
+/// An invalid token, with `X-Forwarded-For: client`.
 fn invalid_from(client: &str, token: &str) -> Request<Full<Bytes>> {
     let mut req = get(WHOAMI, Some(token));
     req.headers_mut()

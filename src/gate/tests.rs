@@ -903,6 +903,22 @@ async fn a_malformed_hop_ends_the_walk_at_the_peer() {
     assert_eq!(ip(&["  198.51.100.1 ,10.0.0.2 "]), peer("198.51.100.1"));
 }
 
+#[tokio::test]
+async fn bytes_a_client_writes_left_of_its_address_do_not_hide_it() {
+    let gate = Harness::with(trusting(&["10.0.0.0/8"])).await;
+    // A proxy that appends to the client's own line (nginx's
+    // `$proxy_add_x_forwarded_for`) passes on whatever bytes came first.
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        &headers::X_FORWARDED_FOR,
+        HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.1").unwrap(),
+    );
+    assert_eq!(
+        gate.gateway.client_ip(&headers, peer("10.0.0.1")),
+        peer("198.51.100.1")
+    );
+}
+
 /// An invalid token, with `X-Forwarded-For: client`.
 fn invalid_from(client: &str, token: &str) -> Request<Full<Bytes>> {
     let mut req = get(WHOAMI, Some(token));

@@ -783,6 +783,26 @@ async fn a_preflight_where_no_rule_routes_is_refused() {
     assert!(gate.stub.seen().is_empty());
 }
 
+#[tokio::test]
+async fn federation_keeps_its_signature_and_loses_a_bearer_token() {
+    let gate = Harness::start().await;
+    let path = "/_matrix/federation/v1/version";
+    let mut signed = request(Method::GET, path, None);
+    signed.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_static("X-Matrix origin=\"other.example\",key=\"ed25519:1\",sig=\"x\""),
+    );
+    assert_eq!(gate.send(signed).await.status, 200);
+    // Not validated: the homeserver checks the signature, and reads no token.
+    assert_eq!(gate.send(get(path, Some(UNKNOWN))).await.status, 200);
+    let seen = gate.stub.seen();
+    assert!(seen[0].headers["authorization"]
+        .as_bytes()
+        .starts_with(b"X-Matrix "));
+    assert!(!seen[1].headers.contains_key("authorization"));
+    assert_eq!(gate.stub.introspections(), 0);
+}
+
 // ------------------------------------------------------------------ logout ---
 
 fn logout(token: &str) -> Request<Full<Bytes>> {
@@ -810,6 +830,18 @@ async fn a_logout_the_homeserver_refused_leaves_the_token_valid() {
         .insert("x-stub-status", HeaderValue::from_static("500"));
     assert_eq!(gate.send(refused).await.status, 500);
     assert_eq!(gate.send(get(WHOAMI, Some(INTROSPECTED))).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_token_that_logged_out_everywhere_is_refused_afterwards() {
+    let gate = Harness::start().await;
+    let all = request(
+        Method::POST,
+        "/_matrix/client/v3/logout/all",
+        Some(INTROSPECTED),
+    );
+    assert_eq!(gate.send(all).await.status, 200);
+    assert_eq!(gate.send(get(WHOAMI, Some(INTROSPECTED))).await.status, 401);
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ use crate::auth::{AuthError, Authenticator, Identity};
 use crate::canonical::canonicalize;
 use crate::metrics::Metrics;
 mod refusal;
+#[cfg(test)]
+mod tests;
 
 pub use refusal::{cors, matrix_parser_refusal, Disposition, Refusal};
 
@@ -381,17 +383,18 @@ impl Gateway {
         if !self.is_trusted(peer) {
             return peer;
         }
-        let chain: Vec<&str> = headers
+        // Split as bytes: a line the client began may hold bytes that are
+        // not text, and the addresses proxies appended to it still count.
+        let chain: Vec<&[u8]> = headers
             .get_all(&headers::X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .collect();
         // Right to left: each trusted proxy vouches for the hop before it.
         chain
             .iter()
             .rev()
-            .map_while(|hop| hop.trim().parse::<IpAddr>().ok())
+            .map_while(|hop| std::str::from_utf8(hop).ok()?.trim().parse::<IpAddr>().ok())
             .find(|hop| !self.is_trusted(*hop))
             .unwrap_or(peer)
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scopegate's end-to-end suite: scopegate (release build unless E2E_PROFILE=dev) in
+# scopegate's end-to-end suite: scopegate (a release build, or $E2E_BIN) in
 # front of three real Synapse homeservers (legacy login; delegated to the provider; delegated to
 # scopegate's introspection relay), with a real OpenID provider (panva's
 # oidc-provider) and a real Matrix client library (matrix-nio). Everything
@@ -9,8 +9,9 @@
 #   E2E_ONLY=hostile tests/e2e/run.sh   only the scenarios whose name contains the text (a|b: either)
 #   E2E_PENDING=1 tests/e2e/run.sh   also run scenarios marked pending (none today)
 #   E2E_KEEP=1 tests/e2e/run.sh      leave the stack running afterwards, pass or fail
-#   E2E_PROFILE=dev tests/e2e/run.sh the debug build instead of release (CI: the one
-#                                    `cargo test` already built, saving a release build)
+#   E2E_BIN=target/debug/scopegate tests/e2e/run.sh
+#                                    test this binary instead of building a release one
+#                                    (CI: the one `cargo test` already built)
 #                                    (stop it: tests/e2e/run.sh --down)
 #
 # Installs are cached outside the tracked files: the Python venv in
@@ -122,17 +123,17 @@ fi
 
 # ---------------------------------------------------------------- build
 
-PROFILE="${E2E_PROFILE:-release}"
-case "$PROFILE" in
-    release) PROFILE_DIR=release ;;
-    dev) PROFILE_DIR=debug ;;
-    *) echo "e2e: E2E_PROFILE must be release or dev, not $PROFILE" >&2; exit 2 ;;
-esac
-log "cargo build --profile $PROFILE"
-(cd "$REPO" && cargo build --profile "$PROFILE" --locked --quiet)
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-[[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$REPO/$TARGET_DIR"
-export SCOPEGATE_BIN="$TARGET_DIR/$PROFILE_DIR/scopegate"
+if [[ -n "${E2E_BIN:-}" ]]; then
+    SCOPEGATE_BIN="$(cd "$REPO" && realpath "$E2E_BIN")"
+    log "testing $SCOPEGATE_BIN (not rebuilt)"
+else
+    log "cargo build --release"
+    (cd "$REPO" && cargo build --release --locked --quiet)
+    TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+    [[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$REPO/$TARGET_DIR"
+    SCOPEGATE_BIN="$TARGET_DIR/release/scopegate"
+fi
+export SCOPEGATE_BIN
 [[ -x "$SCOPEGATE_BIN" ]] || { echo "e2e: no binary at $SCOPEGATE_BIN" >&2; exit 2; }
 log "installs and build: $((SECONDS - START))s"
 

@@ -490,8 +490,8 @@ def chunked_requests_pass():
               and "content-length" not in r.request.headers, f"sent chunked: {r.request.headers}")
         check(r.status_code == 200 and r.json().get("event_id"),
               f"chunked message send: {r.status_code} {r.text[:300]}")
-        # Larger than hyper's first read, sent in 4 KiB chunks. (Media uploads cannot be chunked: Synapse requires a
-        # Content-Length there.)
+        # Larger than hyper's first read, sent in 4 KiB chunks. (Media uploads
+        # cannot be chunked: Synapse requires a Content-Length there.)
         big = "x" * 40000
         parts = [b'{"msgtype": "m.text", "body": "'] + [big[i:i + 4096].encode() for i in range(0, len(big), 4096)] \
             + [b'"}']

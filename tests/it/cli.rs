@@ -88,3 +88,38 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The example in docs/config.md prints what the docs say it prints.
+#[test]
+fn check_reports_every_mistake_as_documented() {
+    let doc = include_str!("../../docs/config.md");
+    let example = doc
+        .split("<!-- tested by tests/it/cli.rs -->\n```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the tested example in docs/config.md");
+    let documented: Vec<&str> = doc
+        .split(example)
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip_while(|l| !l.starts_with("$ scopegate check"))
+        .skip(1)
+        .take_while(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(documented.len(), 2, "{documented:?}");
+    let out = check(example);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let printed: Vec<&str> = stderr.lines().collect();
+    assert_eq!(printed.len(), documented.len(), "{stderr}");
+    // The same after the file's path, which is a temporary one here.
+    for (printed, documented) in printed.iter().zip(documented) {
+        let (_, after_path) = printed.split_once("gate.toml:").expect("file:line");
+        assert_eq!(
+            after_path,
+            documented.split_once("gate.toml:").unwrap().1,
+            "{stderr}"
+        );
+    }
+}

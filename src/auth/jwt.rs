@@ -513,8 +513,9 @@ mod tests {
         Crit,
         /// A member we read holds another type, `null` included: refused;
         /// jsonwebtoken's path read it as absent (`iat`, `sub`, `username`,
-        /// `device_id`, `client_id`, `azp`, the user claim, `kid`, `typ`),
-        /// skipped non-string `scp` elements, or ignored `scp` beside `scope`.
+        /// `device_id`, `client_id`, `azp`, `kid`, `typ`), skipped non-string
+        /// `scp` elements, or ignored `scp` beside `scope` (and `username`
+        /// beside another `user_claim`).
         Mistyped,
         /// RFC 7519 §2: a NumericDate past year 9999 is refused; jsonwebtoken
         /// took any u64 (past i64::MAX seconds, building the identity panicked).

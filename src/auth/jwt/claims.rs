@@ -11,8 +11,10 @@
 //! refuses it too, since no extension is understood here.
 //!
 //! Why serde's derive rather than a parser of our own: `benches/tokens.rs`
-//! (`jwt_parse`) measured both, and the hand-written one saved far less than
-//! the 3 µs per uncached validation that would have paid for its ~700 lines.
+//! (`jwt_parse`) measured both, and the hand-written one (one pass, ≈ 0.63 µs
+//! of CPU for the bench token) saved 0.15–0.4 µs against this (two passes,
+//! ≈ 0.8 µs) of an uncached RS256 validation's ≈ 21 µs: far from the 3 µs
+//! that would have paid for its ~700 lines.
 
 use std::borrow::Cow;
 use std::fmt;
